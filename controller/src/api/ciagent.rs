@@ -1,0 +1,141 @@
+//! `CiAgent`: an ephemeral pod for one CI job, queued while its team is out of capacity.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{EnvVar, TemplateResources, schema};
+
+/// One CI job's agent: a pod that runs a command (or a Jenkins inbound agent) to completion and is
+/// removed after its TTL. When the team's quota is full the agent waits in a FIFO queue.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "deskpod.io",
+    version = "v1alpha1",
+    kind = "CiAgent",
+    doc = "An ephemeral agent pod for one CI job, queued while its team is full.",
+    namespaced,
+    status = "CiAgentStatus",
+    shortname = "agent",
+    category = "deskpod",
+    validation = Rule::new("self.metadata.name.size() <= 63").message("name must be at most 63 characters"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Queue", type_ = "integer", json_path = ".status.queuePosition"),
+    printcolumn(name = "Exit", type_ = "integer", json_path = ".status.exitCode"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(validation = Rule::new("has(self.image) != has(self.template)").message("set exactly one of image or template"))]
+#[x_kube(validation = Rule::new("!(has(self.jenkins) && has(self.command))").message("jenkins mode runs the inbound agent; command must not be set"))]
+#[x_kube(validation = Rule::new("self == oldSelf").message("a CI agent's spec cannot change once submitted"))]
+#[serde(rename_all = "camelCase")]
+pub struct CiAgentSpec {
+    /// Container image to run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+    /// Or a WorkspaceTemplate whose image to run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub template: Option<String>,
+    /// Command (entry point) to run; the image's own when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub command: Option<Vec<String>>,
+    /// Arguments to the command.
+    #[serde(default)]
+    #[schemars(length(max = 256))]
+    pub args: Vec<String>,
+    /// Environment variables.
+    #[serde(default)]
+    #[schemars(length(max = 100), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub env: Vec<EnvVar>,
+    /// Run a Jenkins inbound agent instead of a command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jenkins: Option<JenkinsInbound>,
+    /// CPU and memory for the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<TemplateResources>,
+    /// The job is stopped and marked TimedOut when it has run this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::duration")]
+    pub deadline: Option<String>,
+    /// How long the finished agent (and its logs) is kept before it is removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::duration")]
+    pub ttl_after_finished: Option<String>,
+}
+
+/// Jenkins inbound (JNLP/websocket) agent settings, as Jenkins' Kubernetes plugin passes them.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JenkinsInbound {
+    /// The Jenkins controller's URL (`JENKINS_URL`).
+    #[x_kube(validation = Rule::new("isURL(self) && (self.startsWith('http://') || self.startsWith('https://'))").message("must be an http(s) URL"))]
+    pub url: String,
+    /// Agent name registered in Jenkins (`JENKINS_AGENT_NAME`).
+    #[schemars(length(min = 1, max = 253))]
+    pub agent_name: String,
+    /// Secret (in the same namespace) and key holding `JENKINS_SECRET`.
+    pub secret_ref: SecretKeyRef,
+}
+
+/// A key in a Secret of the agent's namespace.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct SecretKeyRef {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key in the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// Where a CI agent stands.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CiAgentPhase {
+    /// Waiting for team capacity; `queuePosition` says how many are ahead.
+    #[default]
+    Queued,
+    /// The pod exists and is starting.
+    Starting,
+    /// The job runs.
+    Running,
+    /// The job exited 0.
+    Succeeded,
+    /// The job exited non-zero or could not run.
+    Failed,
+    /// The job ran past its deadline and was stopped.
+    TimedOut,
+}
+
+/// What the controller last saw of a CI agent.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CiAgentStatus {
+    /// Where the agent stands.
+    #[serde(default)]
+    pub phase: CiAgentPhase,
+    /// 1 for the next agent to start in this team, while Queued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<i32>,
+    /// The job's exit code once it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// When the job started running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// When the job finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+    /// One line for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Conditions following the Kubernetes conventions.
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}

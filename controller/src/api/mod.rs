@@ -1,0 +1,15 @@
+//! Deskpod's API, group `deskpod.io`, version `v1alpha1`.
+//!
+//! These types are the source of truth for the CRDs: `deskpod-controller crd` prints them and the
+//! chart's `crds/` directory is generated from them (a test fails when the two differ).
+
+mod ciagent;
+pub mod schema;
+mod team;
+mod template;
+mod workspace;
+
+pub use ciagent::*;
+pub use team::*;
+pub use template::*;
+pub use workspace::*;

@@ -1,0 +1,135 @@
+//! `WorkspaceTemplate`: one entry of the catalog, an environment image and how to run it.
+
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::schema;
+
+/// A desktop environment engineers can pick: its image, how the desktop is reached and the
+/// resources a workspace made from it gets by default.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "deskpod.io",
+    version = "v1alpha1",
+    kind = "WorkspaceTemplate",
+    doc = "A catalog entry: a desktop image and how to run it.",
+    shortname = "wstpl",
+    category = "deskpod",
+    printcolumn(name = "Display Name", type_ = "string", json_path = ".spec.displayName"),
+    printcolumn(name = "Image", type_ = "string", json_path = ".spec.image"),
+    printcolumn(name = "Protocol", type_ = "string", json_path = ".spec.protocol"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkspaceTemplateSpec {
+    /// Name shown in the catalog, such as "Python 3 with VS Code".
+    #[schemars(length(min = 1, max = 100))]
+    pub display_name: String,
+    /// A sentence or two about what is installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1000))]
+    pub description: Option<String>,
+    /// Container image of the desktop.
+    #[schemars(length(min = 1, max = 512))]
+    pub image: String,
+    /// When the node pulls the image; `IfNotPresent` unless set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<ImagePullPolicy>,
+    /// How the browser reaches the desktop.
+    #[serde(default)]
+    pub protocol: DesktopProtocol,
+    /// Port the desktop serves its websocket (and, for `kasm`, its web client) on.
+    #[serde(default = "default_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u16,
+    /// Where the persistent home volume is mounted. Defaults to `/home/user`, or
+    /// `/home/kasm-user` for the `kasm` protocol.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.startsWith('/') && !self.contains('..')").message("must be an absolute path without '..'"))]
+    pub home_path: Option<String>,
+    /// Resources a workspace gets unless it asks for others.
+    #[serde(default)]
+    pub resources: TemplateResources,
+    /// Size of a new workspace's home volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::quantity")]
+    pub home_size: Option<Quantity>,
+    /// Size of the memory-backed `/dev/shm` (browsers and IDEs need more than the default 64Mi).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::quantity")]
+    pub shm_size: Option<Quantity>,
+    /// GPUs each workspace gets.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 16))]
+    pub gpus: u8,
+    /// Environment variables for the desktop container.
+    #[serde(default)]
+    #[schemars(length(max = 100), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub env: Vec<EnvVar>,
+    /// A workspace without keyboard or pointer input for this long is stopped (its home volume
+    /// stays). Unset: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::duration")]
+    pub idle_timeout: Option<String>,
+}
+
+fn default_port() -> u16 {
+    6901
+}
+
+/// How the browser talks to the desktop.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum DesktopProtocol {
+    /// Plain RFB over websocket (websockify); the portal serves the noVNC client. Deskpod's images.
+    #[default]
+    Novnc,
+    /// Kasm workspace images as published: KasmVNC serves its own web client and websocket over
+    /// HTTPS behind basic auth (`kasm_user` and the `VNC_PW` password).
+    Kasm,
+}
+
+/// When the image is pulled, as in a Pod.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImagePullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+/// CPU and memory of one workspace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateResources {
+    /// CPU the scheduler reserves for the workspace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::quantity")]
+    pub cpu_request: Option<Quantity>,
+    /// Most CPU the workspace may use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::quantity")]
+    pub cpu_limit: Option<Quantity>,
+    /// Memory the scheduler reserves for the workspace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::quantity")]
+    pub memory_request: Option<Quantity>,
+    /// Most memory the workspace may use; past it the kernel kills its processes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::quantity")]
+    pub memory_limit: Option<Quantity>,
+}
+
+/// An environment variable with a literal value.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct EnvVar {
+    /// Variable name.
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z_][A-Za-z0-9_]*$')").message("must be a valid environment variable name"))]
+    #[schemars(length(min = 1, max = 128))]
+    pub name: String,
+    /// Its value.
+    #[serde(default)]
+    #[schemars(length(max = 32768))]
+    pub value: String,
+}

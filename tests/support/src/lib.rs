@@ -1,0 +1,302 @@
+//! Test support: a real Kubernetes control plane for Deskpod's integration tests.
+//!
+//! [`TestCluster::shared`] gives every test in a test binary the same cluster:
+//! - with `DESKPOD_TEST_CLUSTER=<dir>` set (as `tests/run` does), the cluster already running
+//!   in `<dir>` (started by `testcluster up`) is used;
+//! - otherwise one is started for this test binary with the Go harness in `tests/cluster`
+//!   (built once and cached), and it is torn down when the test binary exits: the harness
+//!   watches the stdin pipe we hold and stops every process it started when the pipe closes,
+//!   which also covers a crashed or killed test binary.
+//!
+//! Each test then gets its own namespace ([`TestCluster::namespace`]) and its own
+//! `kube::Client` (clients are bound to the tokio runtime that made them, and every
+//! `#[tokio::test]` has its own runtime).
+#![forbid(unsafe_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::wait::{Condition, await_condition};
+use kube::{Client, Config, Resource};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+/// Environment variable naming the directory of an already running test cluster.
+pub const CLUSTER_ENV: &str = "DESKPOD_TEST_CLUSTER";
+/// Environment variable naming a prebuilt `testcluster` binary.
+pub const HARNESS_BIN_ENV: &str = "DESKPOD_TESTCLUSTER_BIN";
+/// Label put on every namespace a test creates, so a long-lived dev cluster can be swept.
+pub const TEST_NAMESPACE_LABEL: &str = "deskpod.io/test";
+/// Field manager the test support uses for server-side apply.
+const FIELD_MANAGER: &str = "deskpod-tests";
+
+/// What can go wrong while starting or using the test cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("building the testcluster harness failed: {0}")]
+    BuildHarness(String),
+    #[error("starting the test cluster failed: {0}")]
+    StartCluster(String),
+    #[error("reading kubeconfig {path}: {source}")]
+    Kubeconfig { path: PathBuf, source: kube::config::KubeconfigError },
+    #[error("kubernetes API call failed: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("reading {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("parsing CRD file {path}: {source}")]
+    CrdYaml { path: PathBuf, source: serde_yaml_ng::Error },
+    #[error("timed out after {0:?} waiting for {1}")]
+    Timeout(Duration, String),
+    #[error("minting a kubeconfig for user {0} failed: {1}")]
+    MintUser(String, String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The line `testcluster up` prints on stdout once the cluster is ready.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReadyLine {
+    kubeconfig: PathBuf,
+    server: String,
+    dir: PathBuf,
+    version: String,
+}
+
+/// A running test cluster.
+#[derive(Debug)]
+pub struct TestCluster {
+    /// Admin kubeconfig (client certificate in `system:masters`).
+    pub kubeconfig: PathBuf,
+    /// The API server's URL, always on 127.0.0.1.
+    pub server: String,
+    /// The cluster's state directory (pki, logs, pids.json).
+    pub dir: PathBuf,
+    /// Kubernetes version the control plane reports.
+    pub version: String,
+    /// The harness process when this test binary started the cluster itself. Held, never
+    /// dropped: when the test binary exits, the stdin pipe closes and the harness tears down.
+    _supervisor: Option<Mutex<(Child, BufReader<ChildStdout>)>>,
+}
+
+static SHARED: OnceLock<TestCluster> = OnceLock::new();
+static CRDS_INSTALLED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+
+impl TestCluster {
+    /// The cluster shared by all tests of this test binary, started on first use.
+    ///
+    /// Panics with the harness's own message when no cluster can be had: a test that needs
+    /// Kubernetes cannot do anything useful without one.
+    pub fn shared() -> &'static TestCluster {
+        SHARED.get_or_init(|| match std::env::var_os(CLUSTER_ENV) {
+            Some(dir) => Self::join(Path::new(&dir)).unwrap_or_else(|e| panic!("{e}")),
+            None => Self::start().unwrap_or_else(|e| panic!("{e}")),
+        })
+    }
+
+    /// Uses a cluster started elsewhere (`testcluster up --dir <dir>`).
+    fn join(dir: &Path) -> Result<TestCluster> {
+        let kubeconfig = dir.join("kubeconfig");
+        let config = Kubeconfig::read_from(&kubeconfig)
+            .map_err(|source| Error::Kubeconfig { path: kubeconfig.clone(), source })?;
+        let server = config
+            .clusters
+            .first()
+            .and_then(|c| c.cluster.as_ref())
+            .and_then(|c| c.server.clone())
+            .unwrap_or_default();
+        Ok(TestCluster {
+            kubeconfig,
+            server,
+            dir: dir.to_path_buf(),
+            version: String::new(),
+            _supervisor: None,
+        })
+    }
+
+    /// Starts a cluster for this test binary.
+    fn start() -> Result<TestCluster> {
+        let harness = harness_binary()?;
+        let log_path = target_dir().join("testcluster").join(format!("up-{}.log", std::process::id()));
+        let log = std::fs::File::create(&log_path).map_err(|source| Error::Io { path: log_path.clone(), source })?;
+        let mut child = Command::new(&harness)
+            .arg("up")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| Error::StartCluster(format!("running {}: {e}", harness.display())))?;
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
+        let mut line = String::new();
+        let read = stdout.read_line(&mut line);
+        let ready: ReadyLine = match read {
+            Ok(n) if n > 0 => serde_json::from_str(&line)
+                .map_err(|e| Error::StartCluster(format!("unexpected output {line:?}: {e}")))?,
+            _ => {
+                let _ = child.wait();
+                let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
+                let tail: Vec<&str> = tail.lines().rev().take(30).collect();
+                return Err(Error::StartCluster(format!(
+                    "the harness exited before the cluster was ready; last lines of {}:\n{}",
+                    log_path.display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )));
+            }
+        };
+        Ok(TestCluster {
+            kubeconfig: ready.kubeconfig,
+            server: ready.server,
+            dir: ready.dir,
+            version: ready.version,
+            _supervisor: Some(Mutex::new((child, stdout))),
+        })
+    }
+
+    /// A client acting as cluster admin, with Deskpod's CRDs installed and established.
+    pub async fn client(&self) -> Result<Client> {
+        let client = client_from_kubeconfig(&self.kubeconfig).await?;
+        CRDS_INSTALLED.get_or_try_init(|| install_crds(client.clone())).await?;
+        Ok(client)
+    }
+
+    /// A fresh namespace for one test, named `<prefix>-<random>`.
+    pub async fn namespace(&self, prefix: &str) -> Result<TestNamespace> {
+        let client = self.client().await?;
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                generate_name: Some(format!("{prefix}-")),
+                labels: Some([(TEST_NAMESPACE_LABEL.to_string(), "true".to_string())].into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let created = namespaces.create(&PostParams::default(), &ns).await?;
+        Ok(TestNamespace { name: created.metadata.name.expect("the API server names generated objects"), client })
+    }
+
+    /// A kubeconfig for a non-admin user authenticated by a client certificate, for RBAC tests.
+    pub fn user_kubeconfig(&self, user: &str, groups: &[&str]) -> Result<PathBuf> {
+        let out = self.dir.join("users").join(format!("{user}.kubeconfig"));
+        let mut cmd = Command::new(harness_binary()?);
+        cmd.args(["kubeconfig", "--dir"]).arg(&self.dir).args(["--user", user]).arg("--out").arg(&out);
+        for g in groups {
+            cmd.args(["--group", g]);
+        }
+        let output = cmd.output().map_err(|e| Error::MintUser(user.into(), e.to_string()))?;
+        if !output.status.success() {
+            return Err(Error::MintUser(user.into(), String::from_utf8_lossy(&output.stderr).into_owned()));
+        }
+        Ok(out)
+    }
+}
+
+/// A namespace that belongs to one test, and an admin client.
+pub struct TestNamespace {
+    pub name: String,
+    pub client: Client,
+}
+
+impl TestNamespace {
+    /// A namespaced API in this namespace.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+}
+
+/// A client for the given kubeconfig file.
+pub async fn client_from_kubeconfig(path: &Path) -> Result<Client> {
+    let kubeconfig =
+        Kubeconfig::read_from(path).map_err(|source| Error::Kubeconfig { path: path.to_path_buf(), source })?;
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .map_err(|source| Error::Kubeconfig { path: path.to_path_buf(), source })?;
+    Ok(Client::try_from(config)?)
+}
+
+/// Waits until `cond` holds for the named object, or fails after `timeout` saying what it
+/// waited for. Watch-based: no polling, returns as soon as the API server reports the change.
+pub async fn wait_for<K>(api: &Api<K>, name: &str, what: &str, timeout: Duration, cond: impl Condition<K>) -> Result<K>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    match tokio::time::timeout(timeout, await_condition(api.clone(), name, cond)).await {
+        Ok(Ok(Some(obj))) => Ok(obj),
+        Ok(Ok(None)) => Err(Error::Timeout(timeout, format!("{what}: {name} was deleted"))),
+        Ok(Err(e)) => Err(Error::Timeout(timeout, format!("{what}: watch failed: {e}"))),
+        Err(_) => Err(Error::Timeout(timeout, format!("{what} ({name})"))),
+    }
+}
+
+/// The repository root (this crate lives in `tests/support`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repository root exists")
+}
+
+fn target_dir() -> PathBuf {
+    let dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"));
+    let _ = std::fs::create_dir_all(dir.join("testcluster"));
+    dir
+}
+
+/// The `testcluster` binary: `DESKPOD_TESTCLUSTER_BIN`, or built from `tests/cluster` (Go caches
+/// the build, so this is quick after the first time).
+fn harness_binary() -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os(HARNESS_BIN_ENV) {
+        return Ok(PathBuf::from(bin));
+    }
+    let out = target_dir().join("testcluster").join("testcluster");
+    let output = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&out)
+        .arg("./cmd/testcluster")
+        .current_dir(repo_root().join("tests/cluster"))
+        .output()
+        .map_err(|e| Error::BuildHarness(format!("running go: {e}")))?;
+    if !output.status.success() {
+        return Err(Error::BuildHarness(String::from_utf8_lossy(&output.stderr).into_owned()));
+    }
+    Ok(out)
+}
+
+/// Applies the CRDs committed under `charts/deskpod/crds` (what the chart installs) and waits
+/// until the API server serves them.
+async fn install_crds(client: Client) -> Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client);
+    let dir = repo_root().join("charts/deskpod/crds");
+    let entries = std::fs::read_dir(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
+    let mut names = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(|source| Error::Io { path: dir.clone(), source })?.path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
+        let crd: CustomResourceDefinition =
+            serde_yaml_ng::from_str(&text).map_err(|source| Error::CrdYaml { path: path.clone(), source })?;
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&crd)).await?;
+        names.push(name);
+    }
+    for name in names {
+        wait_for(&api, &name, "CRD established", Duration::from_secs(30), crd_established).await?;
+    }
+    Ok(())
+}
+
+fn crd_established(crd: Option<&CustomResourceDefinition>) -> bool {
+    crd.and_then(|c| c.status.as_ref())
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"))
+}
