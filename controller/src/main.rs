@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use deskpod_controller::crd;
 
 #[derive(Parser)]
-#[command(name = "deskpod-controller", version, about = "Deskpod's Kubernetes controller")]
+#[command(
+    name = "deskpod-controller",
+    version,
+    about = "Deskpod's Kubernetes controller"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -36,7 +40,8 @@ fn print_crds(out_dir: Option<PathBuf>) -> anyhow::Result<()> {
         match &out_dir {
             Some(dir) => {
                 let path = dir.join(crd::file_name(&crd));
-                std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
+                std::fs::write(&path, yaml)
+                    .with_context(|| format!("writing {}", path.display()))?;
             }
             None => print!("---\n{yaml}"),
         }

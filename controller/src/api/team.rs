@@ -89,10 +89,15 @@ pub struct TeamQuota {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub workspaces: Option<i32>,
-    /// CI agents that may exist at once; more are queued, not refused.
+    /// CI agents that may run at once. More are not refused: they wait in the team's queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub ci_agents: Option<i32>,
+    /// CI agents that may exist at once, queued or running (`count/ciagents.deskpod.io`); past
+    /// it, submitting another agent is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub ci_agent_queue: Option<i32>,
 }
 
 /// Per-workspace bounds and the defaults a LimitRange applies to pods that omit resources.

@@ -1,0 +1,5 @@
+//! Team → an isolated namespace with quota, limits, network policies, RBAC and a service account.
+
+pub mod render;
+#[cfg(test)]
+mod render_tests;
