@@ -1,0 +1,3 @@
+module deskpod.io/tests/cluster
+
+go 1.26.0
