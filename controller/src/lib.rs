@@ -3,5 +3,12 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod conditions;
 pub mod crd;
+mod error;
 pub mod team;
+
+pub use error::{Error, Result};
+
+/// The field manager of every server-side apply the controller makes.
+pub const FIELD_MANAGER: &str = "deskpod-controller";

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use deskpod_controller::crd;
+use deskpod_controller::team::{reconcile, render::TeamSettings};
 
 #[derive(Parser)]
 #[command(
@@ -26,12 +27,42 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out_dir: Option<PathBuf>,
     },
+    /// Reconcile Teams into namespaces (uses the in-cluster config or $KUBECONFIG).
+    Run {
+        /// Namespaces always allowed to reach team pods (the portal's, the ingress controller's).
+        #[arg(
+            long = "trusted-namespace",
+            value_name = "NAMESPACE",
+            default_value = "deskpod-system"
+        )]
+        trusted_namespaces: Vec<String>,
+    },
 }
 
-fn main() -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crd { out_dir } => print_crds(out_dir),
+        Command::Run { trusted_namespaces } => run(trusted_namespaces).await,
     }
+}
+
+async fn run(trusted_namespaces: Vec<String>) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    tracing::info!("deskpod-controller reconciling Teams");
+    let ctx = reconcile::Context {
+        client,
+        settings: TeamSettings { trusted_namespaces },
+    };
+    reconcile::run(std::sync::Arc::new(ctx)).await;
+    Ok(())
 }
 
 fn print_crds(out_dir: Option<PathBuf>) -> anyhow::Result<()> {

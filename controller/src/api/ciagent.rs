@@ -72,6 +72,7 @@ pub struct CiAgentSpec {
 pub struct JenkinsInbound {
     /// The Jenkins controller's URL (`JENKINS_URL`).
     #[x_kube(validation = Rule::new("isURL(self) && (self.startsWith('http://') || self.startsWith('https://'))").message("must be an http(s) URL"))]
+    #[schemars(length(max = 2048))]
     pub url: String,
     /// Agent name registered in Jenkins (`JENKINS_AGENT_NAME`).
     #[schemars(length(min = 1, max = 253))]

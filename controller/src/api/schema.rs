@@ -21,7 +21,7 @@ pub fn quantity(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "x-kubernetes-int-or-string": true,
         "x-kubernetes-validations": [{
-            "rule": "type(self) == int ? self >= 0 : isQuantity(self) && quantity(self).sign() >= 0",
+            "rule": "type(self) == int ? self >= 0 : isQuantity(self) && quantity(self).compareTo(quantity('0')) >= 0",
             "message": "must be a non-negative Kubernetes quantity such as 500m, 2 or 4Gi"
         }]
     })
@@ -31,6 +31,7 @@ pub fn quantity(_: &mut SchemaGenerator) -> Schema {
 pub fn duration(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "type": "string",
+        "maxLength": 32,
         "x-kubernetes-validations": [{
             "rule": "self.matches('^([0-9]+(s|m|h))+$')",
             "message": "must be a duration such as 90s, 30m or 1h30m"

@@ -163,6 +163,7 @@ pub struct TeamNetwork {
     pub allow_ingress_from_namespaces: Vec<String>,
     /// When set, the team's pods may only connect to these destinations (and cluster DNS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 50))]
     pub egress_allow: Option<Vec<EgressRule>>,
 }
 
@@ -172,16 +173,18 @@ pub struct TeamNetwork {
 pub struct EgressRule {
     /// Destination network in CIDR notation, such as `10.20.0.0/16`.
     #[x_kube(validation = Rule::new("isCIDR(self)").message("must be a CIDR such as 10.20.0.0/16"))]
+    #[schemars(length(min = 1, max = 64))]
     pub cidr: String,
     /// Destination TCP ports; empty allows every port.
     #[serde(default)]
+    #[schemars(length(max = 20))]
     pub ports: Vec<PortNumber>,
 }
 
 /// A TCP port number.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
 #[serde(transparent)]
-pub struct PortNumber(#[schemars(range(min = 1, max = 65535))] pub u16);
+pub struct PortNumber(#[schemars(range(min = 1, max = 65535))] pub i32);
 
 /// Where a team lives.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]

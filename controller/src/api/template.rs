@@ -51,11 +51,12 @@ pub struct WorkspaceTemplateSpec {
     /// Port the desktop serves its websocket (and, for `kasm`, its web client) on.
     #[serde(default = "default_port")]
     #[schemars(range(min = 1, max = 65535))]
-    pub port: u16,
+    pub port: i32,
     /// Where the persistent home volume is mounted. Defaults to `/home/user`, or
     /// `/home/kasm-user` for the `kasm` protocol.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.startsWith('/') && !self.contains('..')").message("must be an absolute path without '..'"))]
+    #[schemars(length(max = 1024))]
     pub home_path: Option<String>,
     /// Resources a workspace gets unless it asks for others.
     #[serde(default)]
@@ -71,7 +72,7 @@ pub struct WorkspaceTemplateSpec {
     /// GPUs each workspace gets.
     #[serde(default)]
     #[schemars(range(min = 0, max = 16))]
-    pub gpus: u8,
+    pub gpus: i32,
     /// Environment variables for the desktop container.
     #[serde(default)]
     #[schemars(length(max = 100), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
@@ -83,7 +84,7 @@ pub struct WorkspaceTemplateSpec {
     pub idle_timeout: Option<String>,
 }
 
-fn default_port() -> u16 {
+fn default_port() -> i32 {
     6901
 }
 

@@ -125,6 +125,27 @@ pub fn render_resource_quota(team: &Team) -> ResourceQuota {
     }
 }
 
+/// Resources the quota limits but whose usage the quota controller has not counted yet (for
+/// example a custom resource it has not discovered). The API server refuses to create those
+/// until they are counted.
+pub fn uncounted_quota_resources(quota: &ResourceQuota) -> Vec<String> {
+    let hard = quota.spec.as_ref().and_then(|s| s.hard.as_ref());
+    let status = quota.status.as_ref();
+    let counted = |key: &String| {
+        status.is_some_and(|s| {
+            s.hard
+                .as_ref()
+                .is_some_and(|h| h.get(key) == hard.and_then(|h| h.get(key)))
+                && s.used.as_ref().is_some_and(|u| u.contains_key(key))
+        })
+    };
+    hard.into_iter()
+        .flat_map(|h| h.keys())
+        .filter(|k| !counted(k))
+        .cloned()
+        .collect()
+}
+
 /// Defaults for containers that set no resources (so they are still admitted under the quota),
 /// and the per-workspace maximums.
 pub fn render_limit_range(team: &Team) -> LimitRange {
@@ -245,7 +266,7 @@ pub fn render_network_policies(team: &Team, settings: &TeamSettings) -> Vec<Netw
                     .iter()
                     .map(|p| NetworkPolicyPort {
                         protocol: Some("TCP".into()),
-                        port: Some(IntOrString::Int(p.0.into())),
+                        port: Some(IntOrString::Int(p.0)),
                         end_port: None,
                     })
                     .collect()
@@ -300,7 +321,6 @@ pub fn render_role(team: &Team, role: TeamRole) -> Role {
                 &[""],
                 &[
                     "pods",
-                    "pods/log",
                     "events",
                     "persistentvolumeclaims",
                     "resourcequotas",
@@ -308,14 +328,12 @@ pub fn render_role(team: &Team, role: TeamRole) -> Role {
                 ],
                 &read,
             ),
+            rule(&[""], &["pods/log"], &["get"]),
         ],
         TeamRole::Engineer => vec![
             rule(&["deskpod.io"], &["workspaces", "ciagents"], &write),
-            rule(
-                &[""],
-                &["pods", "pods/log", "events", "resourcequotas"],
-                &read,
-            ),
+            rule(&[""], &["pods", "events", "resourcequotas"], &read),
+            rule(&[""], &["pods/log"], &["get"]),
         ],
         TeamRole::Contractor => vec![
             rule(&["deskpod.io"], &["workspaces"], &write),

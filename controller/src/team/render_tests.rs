@@ -71,6 +71,34 @@ fn quota_without_budget_limits_nothing() {
 }
 
 #[test]
+fn quota_is_counted_only_when_status_covers_every_hard_limit() {
+    let mut quota = render_resource_quota(&team(
+        "metadata: { name: t }\nspec: { quota: { cpu: \"2\", workspaces: 3 } }",
+    ));
+    let all = [
+        "count/workspaces.deskpod.io",
+        "limits.cpu",
+        "persistentvolumeclaims",
+        "requests.cpu",
+    ];
+    assert_eq!(uncounted_quota_resources(&quota), all, "no status yet");
+    let hard = quota.spec.as_ref().unwrap().hard.clone();
+    let mut used = hard.clone().unwrap();
+    used.remove("count/workspaces.deskpod.io");
+    quota.status = Some(k8s_openapi::api::core::v1::ResourceQuotaStatus {
+        hard,
+        used: Some(used),
+    });
+    assert_eq!(
+        uncounted_quota_resources(&quota),
+        ["count/workspaces.deskpod.io"]
+    );
+    let used = quota.status.as_ref().unwrap().hard.clone();
+    quota.status.as_mut().unwrap().used = used;
+    assert!(uncounted_quota_resources(&quota).is_empty());
+}
+
+#[test]
 fn limit_range_gives_defaults_and_per_workspace_maximums() {
     let lr = render_limit_range(&team(PLATFORM)).spec.unwrap();
     let container = &lr.limits[0];

@@ -1,0 +1,33 @@
+//! The controller's error type: one variant per step that can fail, with what it was acting on.
+
+/// Why a reconcile (or the controller itself) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("applying {kind} {name}: {source}")]
+    Apply {
+        kind: String,
+        name: String,
+        source: kube::Error,
+    },
+    #[error("deleting {kind} {name}: {source}")]
+    Delete {
+        kind: String,
+        name: String,
+        source: kube::Error,
+    },
+    #[error("listing: {0}")]
+    List(kube::Error),
+}
+
+impl Error {
+    /// A fixed, low-cardinality name for metrics labels and logs.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Apply { .. } => "apply",
+            Error::Delete { .. } => "delete",
+            Error::List(_) => "list",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

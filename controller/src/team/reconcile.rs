@@ -1,0 +1,331 @@
+//! The Team reconciler: render the desired objects, apply them, mirror the quota into status.
+//!
+//! Level-triggered and idempotent: every run applies the complete desired state with one field
+//! manager, so a controller killed at any point converges on its next run.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use super::render::{self, TEAM_LABEL, TeamSettings};
+use crate::api::{Team, TeamStatus, Workspace};
+use crate::{Error, FIELD_MANAGER, Result, conditions};
+
+/// What the Team reconciler needs.
+pub struct Context {
+    pub client: Client,
+    pub settings: TeamSettings,
+}
+
+fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+/// Server-side apply of a namespaced object.
+async fn apply<K>(client: &Client, obj: &K) -> Result<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let ns = obj
+        .meta()
+        .namespace
+        .as_deref()
+        .expect("rendered namespaced objects carry their namespace");
+    let name = obj
+        .meta()
+        .name
+        .as_deref()
+        .expect("rendered objects are named");
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    api.patch(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await
+    .map_err(|source| Error::Apply {
+        kind: K::kind(&Default::default()).into_owned(),
+        name: name.to_string(),
+        source,
+    })
+}
+
+/// Reconciles one Team.
+#[tracing::instrument(skip_all, fields(team = %team.name_any()))]
+pub async fn reconcile(team: Arc<Team>, ctx: Arc<Context>) -> Result<Action> {
+    if team.meta().deletion_timestamp.is_some() {
+        // Owner references take the namespace and everything in it away.
+        return Ok(Action::await_change());
+    }
+    let client = &ctx.client;
+    let now = now();
+    let ns_name = render::namespace_name(&team.name_any());
+
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns = render::render_namespace(&team);
+    namespaces
+        .patch(
+            &ns_name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&ns),
+        )
+        .await
+        .map_err(|source| Error::Apply {
+            kind: "Namespace".into(),
+            name: ns_name.clone(),
+            source,
+        })?;
+
+    let quota = apply(client, &render::render_resource_quota(&team)).await?;
+    apply(client, &render::render_limit_range(&team)).await?;
+    apply(client, &render::render_workspace_service_account(&team)).await?;
+    let policies = render::render_network_policies(&team, &ctx.settings);
+    for policy in &policies {
+        apply(client, policy).await?;
+    }
+    delete_stale_network_policies(client, &ns_name, &policies).await?;
+    for role in render::ROLES {
+        apply(client, &render::render_role(&team, role)).await?;
+        apply(client, &render::render_role_binding(&team, role, &now)).await?;
+    }
+    stop_workspaces_of_expired_members(client, &team, &ns_name, &now).await?;
+
+    let status = TeamStatus {
+        namespace: Some(ns_name),
+        quota_hard: quota
+            .status
+            .as_ref()
+            .and_then(|s| s.hard.clone())
+            .unwrap_or_default(),
+        quota_used: quota
+            .status
+            .as_ref()
+            .and_then(|s| s.used.clone())
+            .unwrap_or_default(),
+        observed_generation: team.meta().generation,
+        conditions: vec![ready_condition(&team, &quota, &now)],
+    };
+    let teams: Api<Team> = Api::all(client.clone());
+    teams
+        .patch_status(
+            &team.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(
+                json!({ "apiVersion": "deskpod.io/v1alpha1", "kind": "Team", "status": status }),
+            ),
+        )
+        .await
+        .map_err(|source| Error::Apply {
+            kind: "Team status".into(),
+            name: team.name_any(),
+            source,
+        })?;
+
+    // Look again when the next member's access ends.
+    Ok(match render::next_expiry(&team, &now) {
+        Some(t) => Action::requeue(
+            t.0.duration_since(now.0)
+                .unsigned_abs()
+                .min(Duration::from_secs(3600)),
+        ),
+        None => Action::await_change(),
+    })
+}
+
+fn ready_condition(team: &Team, quota: &ResourceQuota, now: &Time) -> Condition {
+    let previous = team
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let uncounted = render::uncounted_quota_resources(quota);
+    let (ready, reason, message) = if uncounted.is_empty() {
+        (
+            true,
+            "Reconciled",
+            "namespace, quota, limits, network policies and RBAC are in place".to_string(),
+        )
+    } else {
+        // Until the quota controller has counted a resource, admission refuses to create it.
+        (
+            false,
+            "QuotaPending",
+            format!(
+                "waiting for the quota controller to count {}",
+                uncounted.join(", ")
+            ),
+        )
+    };
+    conditions::condition(
+        previous,
+        "Ready",
+        ready,
+        reason,
+        message,
+        team.meta().generation,
+        now,
+    )
+}
+
+/// The egress policy exists only while the team has an allow-list.
+async fn delete_stale_network_policies(
+    client: &Client,
+    ns: &str,
+    wanted: &[NetworkPolicy],
+) -> Result<()> {
+    let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns);
+    let present = api
+        .list(&ListParams::default().labels(TEAM_LABEL))
+        .await
+        .map_err(Error::List)?;
+    for policy in present {
+        let name = policy.name_any();
+        if !wanted
+            .iter()
+            .any(|w| w.metadata.name.as_deref() == Some(&name))
+        {
+            match api.delete(&name, &Default::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.is_not_found() => {}
+                Err(source) => {
+                    return Err(Error::Delete {
+                        kind: "NetworkPolicy".into(),
+                        name,
+                        source,
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A member whose access has ended keeps their workspaces (and home volumes) but not running ones.
+async fn stop_workspaces_of_expired_members(
+    client: &Client,
+    team: &Team,
+    ns: &str,
+    now: &Time,
+) -> Result<()> {
+    let expired: Vec<&str> = team
+        .spec
+        .members
+        .iter()
+        .filter(|m| m.expires_at.as_ref().is_some_and(|t| t.0 <= now.0))
+        .map(|m| m.user.as_str())
+        .collect();
+    if expired.is_empty() {
+        return Ok(());
+    }
+    let api: Api<Workspace> = Api::namespaced(client.clone(), ns);
+    for ws in api
+        .list(&ListParams::default())
+        .await
+        .map_err(Error::List)?
+    {
+        if ws.spec.running && expired.contains(&ws.spec.owner.as_str()) {
+            let name = ws.name_any();
+            api.patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "spec": { "running": false } })),
+            )
+            .await
+            .map_err(|source| Error::Apply {
+                kind: "Workspace".into(),
+                name,
+                source,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Bounded backoff for transient failures.
+pub fn error_policy(_team: Arc<Team>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(%error, "team reconcile failed");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// Runs the Team controller until the process is told to stop.
+pub async fn run(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    let by_team_label = |obj: &dyn ResourceLabels| obj.team_label().map(ObjectRef::<Team>::new);
+    let children = watcher::Config::default().labels(TEAM_LABEL);
+    Controller::new(Api::<Team>::all(client.clone()), watcher::Config::default())
+        .watches(
+            Api::<Namespace>::all(client.clone()),
+            children.clone(),
+            move |o| by_team_label(&o),
+        )
+        .watches(
+            Api::<ResourceQuota>::all(client.clone()),
+            children.clone(),
+            move |o| by_team_label(&o),
+        )
+        .watches(
+            Api::<LimitRange>::all(client.clone()),
+            children.clone(),
+            move |o| by_team_label(&o),
+        )
+        .watches(
+            Api::<ServiceAccount>::all(client.clone()),
+            children.clone(),
+            move |o| by_team_label(&o),
+        )
+        .watches(
+            Api::<NetworkPolicy>::all(client.clone()),
+            children.clone(),
+            move |o| by_team_label(&o),
+        )
+        .watches(
+            Api::<Role>::all(client.clone()),
+            children.clone(),
+            move |o| by_team_label(&o),
+        )
+        .watches(
+            Api::<RoleBinding>::all(client.clone()),
+            children,
+            move |o| by_team_label(&o),
+        )
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "team controller event");
+            }
+        })
+        .await;
+}
+
+/// Reads the `deskpod.io/team` label of any object.
+trait ResourceLabels {
+    fn team_label(&self) -> Option<&str>;
+}
+impl<K: Resource> ResourceLabels for K {
+    fn team_label(&self) -> Option<&str> {
+        self.meta()
+            .labels
+            .as_ref()?
+            .get(TEAM_LABEL)
+            .map(String::as_str)
+    }
+}
