@@ -266,3 +266,82 @@ async fn client_certificate_users_are_subject_to_rbac() {
         }
     }
 }
+
+#[tokio::test]
+async fn claims_bind_on_the_default_storage_class_and_pods_using_them_run() {
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    let ns = TestCluster::shared()
+        .namespace("pvc")
+        .await
+        .expect("test namespace");
+    let claims: Api<PersistentVolumeClaim> = ns.api();
+    let claim: PersistentVolumeClaim = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "home" },
+        "spec": { "accessModes": ["ReadWriteOnce"], "resources": { "requests": { "storage": "1Gi" } } }
+    }))
+    .unwrap();
+    claims
+        .create(&PostParams::default(), &claim)
+        .await
+        .expect("create claim");
+    let bound = wait_for(
+        &claims,
+        "home",
+        "claim Bound",
+        WAIT,
+        |c: Option<&PersistentVolumeClaim>| {
+            c.and_then(|c| c.status.as_ref())
+                .and_then(|s| s.phase.as_deref())
+                == Some("Bound")
+        },
+    )
+    .await
+    .expect("the default StorageClass provisions a volume");
+    let volume = bound
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_name.clone())
+        .expect("bound to a volume");
+
+    let pods: Api<Pod> = ns.api();
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "uses-home" },
+        "spec": {
+            "containers": [{ "name": "c", "image": "deskpod/test:never-pulled",
+                             "volumeMounts": [{ "name": "home", "mountPath": "/home/user" }] }],
+            "volumes": [{ "name": "home", "persistentVolumeClaim": { "claimName": "home" } }]
+        }
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("create pod");
+    wait_for(
+        &pods,
+        "uses-home",
+        "pod with a claim Running",
+        WAIT,
+        |p: Option<&Pod>| {
+            p.and_then(|p| p.status.as_ref())
+                .and_then(|s| s.phase.as_deref())
+                == Some("Running")
+        },
+    )
+    .await
+    .expect("a pod whose claim is bound is scheduled and runs");
+
+    pods.delete("uses-home", &Default::default())
+        .await
+        .expect("delete pod");
+    deskpod_testsupport::wait_deleted(&pods, "uses-home", "pod gone", WAIT)
+        .await
+        .expect("pod deleted");
+    claims
+        .delete("home", &Default::default())
+        .await
+        .expect("delete claim");
+    let volumes: Api<PersistentVolume> = Api::all(ns.client.clone());
+    deskpod_testsupport::wait_deleted(&volumes, &volume, "volume reclaimed", WAIT)
+        .await
+        .expect("the Delete reclaim policy removes the volume with its claim");
+}

@@ -370,6 +370,8 @@ func (s *supervisor) start(ctx context.Context) error {
 			// new CRD within 30 s, but a quota created before that keeps an unknown count for the
 			// CRD's objects until the next full resync. Tests install CRDs seconds before use.
 			"--resource-quota-sync-period=15s",
+			// Dynamic provisioning for the default StorageClass (see StorageClassObject).
+			"--enable-hostpath-provisioner=true",
 		}
 	}, securePortHealth)
 	if err != nil {
@@ -670,6 +672,27 @@ func (s *supervisor) writeKubeconfigs() error {
 }
 
 // NodeObject returns the Node that `up` creates for kwok node i.
+// StorageClassName is the cluster's default StorageClass. kube-controller-manager's
+// test-only hostPath provisioner (--enable-hostpath-provisioner) serves it: each claim gets a
+// new directory under /tmp/hostpath_pv/, removed when a claim with reclaim policy Delete goes.
+const StorageClassName = "standard"
+
+// StorageClassObject is the default StorageClass, so PersistentVolumeClaims bind and pods that
+// mount them can be scheduled.
+func StorageClassObject() map[string]any {
+	return map[string]any{
+		"apiVersion": "storage.k8s.io/v1",
+		"kind":       "StorageClass",
+		"metadata": map[string]any{
+			"name":        StorageClassName,
+			"annotations": map[string]string{"storageclass.kubernetes.io/is-default-class": "true"},
+		},
+		"provisioner":       "kubernetes.io/host-path",
+		"reclaimPolicy":     "Delete",
+		"volumeBindingMode": "Immediate",
+	}
+}
+
 func NodeObject(i int, cpu, memory string, pods int) map[string]any {
 	name := fmt.Sprintf("kwok-node-%d", i)
 	res := map[string]string{"cpu": cpu, "memory": memory, "pods": strconv.Itoa(pods)}
@@ -704,6 +727,13 @@ func (s *supervisor) createNodes(ctx context.Context) error {
 		if code != http.StatusCreated && code != http.StatusConflict {
 			return fmt.Errorf("creating node %d: HTTP %d: %s", i, code, body)
 		}
+	}
+	code, body, err := s.api.do(ctx, http.MethodPost, "/apis/storage.k8s.io/v1/storageclasses", StorageClassObject())
+	if err != nil {
+		return fmt.Errorf("creating the default StorageClass: %w", err)
+	}
+	if code != http.StatusCreated && code != http.StatusConflict {
+		return fmt.Errorf("creating the default StorageClass: HTTP %d: %s", code, body)
 	}
 	return nil
 }
