@@ -2,10 +2,12 @@
 //! reconciles them.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod api;
 pub mod conditions;
 pub mod crd;
 mod error;
+pub mod metrics;
 pub mod team;
 
 pub use error::{Error, Result};

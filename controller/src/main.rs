@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use deskpod_controller::crd;
+use deskpod_controller::metrics::Metrics;
 use deskpod_controller::team::{reconcile, render::TeamSettings};
+use deskpod_controller::{admin, crd};
 
 #[derive(Parser)]
 #[command(
@@ -36,6 +37,9 @@ enum Command {
             default_value = "deskpod-system"
         )]
         trusted_namespaces: Vec<String>,
+        /// Address of the admin port: /healthz and /metrics (Prometheus).
+        #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:9090")]
+        admin_listen: std::net::SocketAddr,
     },
 }
 
@@ -43,11 +47,17 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crd { out_dir } => print_crds(out_dir),
-        Command::Run { trusted_namespaces } => run(trusted_namespaces).await,
+        Command::Run {
+            trusted_namespaces,
+            admin_listen,
+        } => run(trusted_namespaces, admin_listen).await,
     }
 }
 
-async fn run(trusted_namespaces: Vec<String>) -> anyhow::Result<()> {
+async fn run(
+    trusted_namespaces: Vec<String>,
+    admin_listen: std::net::SocketAddr,
+) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -56,11 +66,21 @@ async fn run(trusted_namespaces: Vec<String>) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
+
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let admin = tokio::net::TcpListener::bind(admin_listen)
+        .await
+        .with_context(|| format!("binding {admin_listen}"))?;
+    tracing::info!(address = %admin_listen, "admin port: /healthz, /metrics");
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(admin, admin::router(std::sync::Arc::new(registry))).await {
+            tracing::error!(%error, "admin port stopped");
+        }
+    });
+
     tracing::info!("deskpod-controller reconciling Teams");
-    let ctx = reconcile::Context {
-        client,
-        settings: TeamSettings { trusted_namespaces },
-    };
+    let ctx = reconcile::Context::new(client, TeamSettings { trusted_namespaces }, metrics);
     reconcile::run(std::sync::Arc::new(ctx)).await;
     Ok(())
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deskpod_controller::api::{Team, Workspace};
+use deskpod_controller::metrics::Metrics;
 use deskpod_controller::team::reconcile::{self, Context};
 use deskpod_controller::team::render::TeamSettings;
 use deskpod_testsupport::{
@@ -15,13 +16,14 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
+use prometheus_client::registry::Registry;
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
 
 /// Binds the chart's ClusterRole to a fresh client-certificate user and starts the Team
 /// controller as that user. The returned handle stops it when dropped.
-async fn start_controller(ns: &TestNamespace) -> tokio::task::JoinHandle<()> {
+async fn start_controller(ns: &TestNamespace) -> (tokio::task::JoinHandle<()>, Registry) {
     // The controller's logs appear with a failing test's output.
     let _ = tracing_subscriber::fmt()
         .with_test_writer()
@@ -59,13 +61,13 @@ async fn start_controller(ns: &TestNamespace) -> tokio::task::JoinHandle<()> {
         .await
         .expect("controller client");
     wait_until_allowed(&client).await;
-    let ctx = Context {
-        client,
-        settings: TeamSettings {
-            trusted_namespaces: vec!["deskpod-system".into()],
-        },
+    let settings = TeamSettings {
+        trusted_namespaces: vec!["deskpod-system".into()],
     };
-    tokio::spawn(reconcile::run(Arc::new(ctx)))
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let ctx = Context::new(client, settings, metrics);
+    (tokio::spawn(reconcile::run(Arc::new(ctx))), registry)
 }
 
 /// RBAC bindings reach the authorizer through an informer; wait until ours is honoured.
@@ -101,7 +103,7 @@ async fn team_becomes_an_isolated_namespace_and_goes_away_with_it() {
         .namespace("teamctl")
         .await
         .expect("test namespace");
-    let controller = start_controller(&ns).await;
+    let (controller, registry) = start_controller(&ns).await;
     let admin = ns.client.clone();
     let team_name = format!("{}-t", ns.name);
     let team_ns = format!("team-{team_name}");
@@ -145,6 +147,13 @@ async fn team_becomes_an_isolated_namespace_and_goes_away_with_it() {
     assert_eq!(
         ready.status.as_ref().unwrap().namespace.as_deref(),
         Some(team_ns.as_str())
+    );
+    let mut scraped = String::new();
+    prometheus_client::encoding::text::encode(&mut scraped, &registry).unwrap();
+    assert!(
+        scraped
+            .contains(r#"deskpod_controller_reconcile_duration_seconds_count{controller="team"}"#),
+        "reconciles are measured:\n{scraped}"
     );
 
     // Everything the team stands for exists, with the expected content.

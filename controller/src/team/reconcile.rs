@@ -3,7 +3,8 @@
 //! Level-triggered and idempotent: every run applies the complete desired state with one field
 //! manager, so a controller killed at any point converges on its next run.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -22,13 +23,31 @@ use serde_json::json;
 
 use super::render::{self, TEAM_LABEL, TeamSettings};
 use crate::api::{Team, TeamStatus, Workspace};
+use crate::metrics::{Metrics, backoff_delay};
 use crate::{Error, FIELD_MANAGER, Result, conditions};
 
 /// What the Team reconciler needs.
 pub struct Context {
     pub client: Client,
     pub settings: TeamSettings,
+    pub metrics: Metrics,
+    /// Consecutive failures per Team, for the backoff; cleared by a successful reconcile.
+    pub failures: Mutex<HashMap<String, u32>>,
 }
+
+impl Context {
+    pub fn new(client: Client, settings: TeamSettings, metrics: Metrics) -> Self {
+        Context {
+            client,
+            settings,
+            metrics,
+            failures: Mutex::default(),
+        }
+    }
+}
+
+/// Label value of this controller's metrics.
+const CONTROLLER: &str = "team";
 
 fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
@@ -68,9 +87,22 @@ where
     })
 }
 
-/// Reconciles one Team.
+/// Reconciles one Team, recording how long it took.
 #[tracing::instrument(skip_all, fields(team = %team.name_any()))]
 pub async fn reconcile(team: Arc<Team>, ctx: Arc<Context>) -> Result<Action> {
+    let started = std::time::Instant::now();
+    let result = reconcile_team(&team, &ctx).await;
+    ctx.metrics.reconciled(CONTROLLER, started.elapsed());
+    if result.is_ok() {
+        ctx.failures
+            .lock()
+            .expect("failure counts lock")
+            .remove(&team.name_any());
+    }
+    result
+}
+
+async fn reconcile_team(team: &Team, ctx: &Context) -> Result<Action> {
     if team.meta().deletion_timestamp.is_some() {
         // Owner references take the namespace and everything in it away.
         return Ok(Action::await_change());
@@ -260,9 +292,17 @@ async fn stop_workspaces_of_expired_members(
 }
 
 /// Bounded backoff for transient failures.
-pub fn error_policy(_team: Arc<Team>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(%error, "team reconcile failed");
-    Action::requeue(Duration::from_secs(5))
+pub fn error_policy(team: Arc<Team>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.failed(CONTROLLER, error.category());
+    let failures = {
+        let mut counts = ctx.failures.lock().expect("failure counts lock");
+        let n = counts.entry(team.name_any()).or_default();
+        *n = n.saturating_add(1);
+        *n
+    };
+    let delay = backoff_delay(failures);
+    tracing::warn!(team = %team.name_any(), %error, failures, retry_in = ?delay, "team reconcile failed");
+    Action::requeue(delay)
 }
 
 /// Runs the Team controller until the process is told to stop.
