@@ -7,6 +7,7 @@ pub mod api;
 pub mod conditions;
 pub mod crd;
 mod error;
+pub mod leader;
 pub mod metrics;
 pub mod team;
 

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use deskpod_controller::metrics::Metrics;
 use deskpod_controller::team::{reconcile, render::TeamSettings};
-use deskpod_controller::{admin, crd};
+use deskpod_controller::{admin, crd, leader};
 
 #[derive(Parser)]
 #[command(
@@ -40,6 +40,10 @@ enum Command {
         /// Address of the admin port: /healthz and /metrics (Prometheus).
         #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:9090")]
         admin_listen: std::net::SocketAddr,
+        /// Reconcile only while holding this Lease, so several replicas can run (one leads).
+        /// The replica's identity is $POD_NAME, else $HOSTNAME, plus the process id.
+        #[arg(long, value_name = "NAMESPACE/NAME", value_parser = parse_lease)]
+        leader_elect: Option<(String, String)>,
     },
 }
 
@@ -50,13 +54,15 @@ async fn main() -> anyhow::Result<()> {
         Command::Run {
             trusted_namespaces,
             admin_listen,
-        } => run(trusted_namespaces, admin_listen).await,
+            leader_elect,
+        } => run(trusted_namespaces, admin_listen, leader_elect).await,
     }
 }
 
 async fn run(
     trusted_namespaces: Vec<String>,
     admin_listen: std::net::SocketAddr,
+    leader_elect: Option<(String, String)>,
 ) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -79,9 +85,33 @@ async fn run(
         }
     });
 
-    tracing::info!("deskpod-controller reconciling Teams");
-    let ctx = reconcile::Context::new(client, TeamSettings { trusted_namespaces }, metrics);
-    reconcile::run(std::sync::Arc::new(ctx)).await;
+    let ctx = reconcile::Context::new(client.clone(), TeamSettings { trusted_namespaces }, metrics);
+    let controllers = async {
+        tracing::info!("deskpod-controller reconciling Teams");
+        reconcile::run(std::sync::Arc::new(ctx)).await;
+    };
+    match leader_elect {
+        None => controllers.await,
+        Some((namespace, name)) => {
+            let host = std::env::var("POD_NAME")
+                .or_else(|_| std::env::var("HOSTNAME"))
+                .unwrap_or_else(|_| "deskpod-controller".into());
+            let settings = leader::LeaseSettings {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                identity: format!("{host}-{}", std::process::id()),
+                lease_duration: std::time::Duration::from_secs(15),
+                renew_every: std::time::Duration::from_secs(5),
+            };
+            tracing::info!(identity = %settings.identity, %namespace, %name, "waiting to lead");
+            leader::run_as_leader(
+                kube::Api::namespaced(client, &namespace),
+                settings,
+                controllers,
+            )
+            .await?;
+        }
+    }
     Ok(())
 }
 
@@ -98,4 +128,16 @@ fn print_crds(out_dir: Option<PathBuf>) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Parses `--leader-elect NAMESPACE/NAME`.
+fn parse_lease(value: &str) -> Result<(String, String), String> {
+    match value.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.into(), name.into()))
+        }
+        _ => Err(format!(
+            "expected NAMESPACE/NAME, such as deskpod-system/deskpod-controller, got {value:?}"
+        )),
+    }
 }
