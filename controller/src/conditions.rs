@@ -52,7 +52,7 @@ mod tests {
         );
         assert_eq!(first.last_transition_time, t0);
         let same = condition(
-            &[first.clone()],
+            std::slice::from_ref(&first),
             "Ready",
             false,
             "QuotaPending",

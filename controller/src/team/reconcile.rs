@@ -112,7 +112,7 @@ async fn reconcile_team(team: &Team, ctx: &Context) -> Result<Action> {
     let ns_name = render::namespace_name(&team.name_any());
 
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns = render::render_namespace(&team);
+    let ns = render::render_namespace(team);
     namespaces
         .patch(
             &ns_name,
@@ -126,19 +126,19 @@ async fn reconcile_team(team: &Team, ctx: &Context) -> Result<Action> {
             source,
         })?;
 
-    let quota = apply(client, &render::render_resource_quota(&team)).await?;
-    apply(client, &render::render_limit_range(&team)).await?;
-    apply(client, &render::render_workspace_service_account(&team)).await?;
-    let policies = render::render_network_policies(&team, &ctx.settings);
+    let quota = apply(client, &render::render_resource_quota(team)).await?;
+    apply(client, &render::render_limit_range(team)).await?;
+    apply(client, &render::render_workspace_service_account(team)).await?;
+    let policies = render::render_network_policies(team, &ctx.settings);
     for policy in &policies {
         apply(client, policy).await?;
     }
     delete_stale_network_policies(client, &ns_name, &policies).await?;
     for role in render::ROLES {
-        apply(client, &render::render_role(&team, role)).await?;
-        apply(client, &render::render_role_binding(&team, role, &now)).await?;
+        apply(client, &render::render_role(team, role)).await?;
+        apply(client, &render::render_role_binding(team, role, &now)).await?;
     }
-    stop_workspaces_of_expired_members(client, &team, &ns_name, &now).await?;
+    stop_workspaces_of_expired_members(client, team, &ns_name, &now).await?;
 
     let status = TeamStatus {
         namespace: Some(ns_name),
@@ -153,7 +153,7 @@ async fn reconcile_team(team: &Team, ctx: &Context) -> Result<Action> {
             .and_then(|s| s.used.clone())
             .unwrap_or_default(),
         observed_generation: team.meta().generation,
-        conditions: vec![ready_condition(&team, &quota, &now)],
+        conditions: vec![ready_condition(team, &quota, &now)],
     };
     let teams: Api<Team> = Api::all(client.clone());
     teams
@@ -172,7 +172,7 @@ async fn reconcile_team(team: &Team, ctx: &Context) -> Result<Action> {
         })?;
 
     // Look again when the next member's access ends.
-    Ok(match render::next_expiry(&team, &now) {
+    Ok(match render::next_expiry(team, &now) {
         Some(t) => Action::requeue(
             t.0.duration_since(now.0)
                 .unsigned_abs()
