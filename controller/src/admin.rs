@@ -15,10 +15,7 @@ async fn metrics(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
     match prometheus_client::encoding::text::encode(&mut text, &registry) {
         Ok(()) => (
             StatusCode::OK,
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
+            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
             text,
         )
             .into_response(),
@@ -31,8 +28,5 @@ async fn metrics(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
 
 /// The admin router.
 pub fn router(registry: Arc<Registry>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(metrics))
-        .with_state(registry)
+    Router::new().route("/healthz", get(|| async { "ok" })).route("/metrics", get(metrics)).with_state(registry)
 }

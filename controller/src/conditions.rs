@@ -41,38 +41,11 @@ mod tests {
     fn transition_time_moves_only_when_the_status_changes() {
         let t0 = at("2026-11-23T10:00:00Z");
         let t1 = at("2026-11-23T11:00:00Z");
-        let first = condition(
-            &[],
-            "Ready",
-            false,
-            "QuotaPending",
-            "x".into(),
-            Some(1),
-            &t0,
-        );
+        let first = condition(&[], "Ready", false, "QuotaPending", "x".into(), Some(1), &t0);
         assert_eq!(first.last_transition_time, t0);
-        let same = condition(
-            std::slice::from_ref(&first),
-            "Ready",
-            false,
-            "QuotaPending",
-            "y".into(),
-            Some(2),
-            &t1,
-        );
+        let same = condition(std::slice::from_ref(&first), "Ready", false, "QuotaPending", "y".into(), Some(2), &t1);
         assert_eq!(same.last_transition_time, t0, "still False: keeps its time");
-        let flipped = condition(
-            &[same],
-            "Ready",
-            true,
-            "Reconciled",
-            "z".into(),
-            Some(2),
-            &t1,
-        );
-        assert_eq!(
-            (flipped.status.as_str(), flipped.last_transition_time),
-            ("True", t1)
-        );
+        let flipped = condition(&[same], "Ready", true, "Reconciled", "z".into(), Some(2), &t1);
+        assert_eq!((flipped.status.as_str(), flipped.last_transition_time), ("True", t1));
     }
 }

@@ -10,12 +10,7 @@ use crate::api::{CiAgent, Team, Workspace, WorkspaceTemplate};
 
 /// Every CRD Deskpod defines, in a stable order.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![
-        Team::crd(),
-        WorkspaceTemplate::crd(),
-        Workspace::crd(),
-        CiAgent::crd(),
-    ]
+    vec![Team::crd(), WorkspaceTemplate::crd(), Workspace::crd(), CiAgent::crd()]
 }
 
 /// The file a CRD is committed as: `<plural>.<group>.yaml`.

@@ -4,17 +4,9 @@
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("applying {kind} {name}: {source}")]
-    Apply {
-        kind: String,
-        name: String,
-        source: kube::Error,
-    },
+    Apply { kind: String, name: String, source: kube::Error },
     #[error("deleting {kind} {name}: {source}")]
-    Delete {
-        kind: String,
-        name: String,
-        source: kube::Error,
-    },
+    Delete { kind: String, name: String, source: kube::Error },
     #[error("listing: {0}")]
     List(kube::Error),
 }

@@ -37,8 +37,7 @@ pub fn may_acquire(lease: Option<&Lease>, identity: &str, now: Timestamp) -> boo
         Some(holder) if holder == identity => return true,
         Some(_) => {}
     }
-    let (Some(renewed), Some(seconds)) = (spec.renew_time.as_ref(), spec.lease_duration_seconds)
-    else {
+    let (Some(renewed), Some(seconds)) = (spec.renew_time.as_ref(), spec.lease_duration_seconds) else {
         return true;
     };
     renewed.0 + SignedDuration::from_secs(seconds.into()) < now
@@ -57,22 +56,10 @@ fn held_lease(previous: Option<&Lease>, settings: &LeaseSettings, now: Timestamp
         },
         spec: Some(LeaseSpec {
             holder_identity: Some(settings.identity.clone()),
-            lease_duration_seconds: Some(
-                settings
-                    .lease_duration
-                    .as_secs()
-                    .try_into()
-                    .unwrap_or(i32::MAX),
-            ),
-            acquire_time: if ours {
-                spec.acquire_time
-            } else {
-                Some(MicroTime(now))
-            },
+            lease_duration_seconds: Some(settings.lease_duration.as_secs().try_into().unwrap_or(i32::MAX)),
+            acquire_time: if ours { spec.acquire_time } else { Some(MicroTime(now)) },
             renew_time: Some(MicroTime(now)),
-            lease_transitions: Some(
-                spec.lease_transitions.unwrap_or(0) + i32::from(!ours && previous.is_some()),
-            ),
+            lease_transitions: Some(spec.lease_transitions.unwrap_or(0) + i32::from(!ours && previous.is_some())),
             ..Default::default()
         }),
     }
@@ -88,28 +75,19 @@ pub async fn try_acquire(api: &Api<Lease>, settings: &LeaseSettings) -> Result<b
     let lease = held_lease(current.as_ref(), settings, now);
     let written = match current {
         None => api.create(&PostParams::default(), &lease).await,
-        Some(_) => {
-            api.replace(&settings.name, &PostParams::default(), &lease)
-                .await
-        }
+        Some(_) => api.replace(&settings.name, &PostParams::default(), &lease).await,
     };
     match written {
         Ok(_) => Ok(true),
         // Another candidate wrote first: the resourceVersion no longer matches, or it created it.
-        Err(kube::Error::Api(status)) if status.is_conflict() || status.is_already_exists() => {
-            Ok(false)
-        }
+        Err(kube::Error::Api(status)) if status.is_conflict() || status.is_already_exists() => Ok(false),
         Err(e) => Err(e),
     }
 }
 
 /// Waits until this replica holds the Lease, then runs `work` while renewing it. Returns when
 /// `work` ends, or with an error when leadership is lost (renewal failed past the deadline).
-pub async fn run_as_leader<F>(
-    api: Api<Lease>,
-    settings: LeaseSettings,
-    work: F,
-) -> Result<(), LostLease>
+pub async fn run_as_leader<F>(api: Api<Lease>, settings: LeaseSettings, work: F) -> Result<(), LostLease>
 where
     F: std::future::Future<Output = ()>,
 {
@@ -169,10 +147,7 @@ mod tests {
     #[case::nobody_holds_it(Some(lease(None, "2026-11-23T12:00:00Z", 15)), true)]
     #[case::we_hold_it(Some(lease(Some("me"), "2026-11-23T12:00:00Z", 15)), true)]
     #[case::held_and_fresh(Some(lease(Some("other"), "2026-11-23T12:00:00Z", 15)), false)]
-    #[case::held_and_exactly_at_expiry(
-        Some(lease(Some("other"), "2026-11-23T11:59:55Z", 15)),
-        false
-    )]
+    #[case::held_and_exactly_at_expiry(Some(lease(Some("other"), "2026-11-23T11:59:55Z", 15)), false)]
     #[case::held_but_expired(Some(lease(Some("other"), "2026-11-23T11:59:40Z", 15)), true)]
     fn who_may_take_the_lease(#[case] current: Option<Lease>, #[case] expected: bool) {
         let now: Timestamp = "2026-11-23T12:00:10Z".parse().unwrap();
@@ -189,25 +164,14 @@ mod tests {
             renew_every: Duration::from_secs(5),
         };
         let now: Timestamp = "2026-11-23T12:00:10Z".parse().unwrap();
-        let taken = held_lease(
-            Some(&lease(Some("other"), "2026-11-23T11:00:00Z", 15)),
-            &settings,
-            now,
-        );
+        let taken = held_lease(Some(&lease(Some("other"), "2026-11-23T11:00:00Z", 15)), &settings, now);
         let spec = taken.spec.as_ref().unwrap();
-        assert_eq!(
-            (spec.holder_identity.as_deref(), spec.lease_transitions),
-            (Some("me"), Some(1))
-        );
+        assert_eq!((spec.holder_identity.as_deref(), spec.lease_transitions), (Some("me"), Some(1)));
         assert_eq!(spec.acquire_time, Some(MicroTime(now)));
         let later: Timestamp = "2026-11-23T12:00:15Z".parse().unwrap();
         let renewed = held_lease(Some(&taken), &settings, later);
         let spec = renewed.spec.as_ref().unwrap();
-        assert_eq!(
-            spec.lease_transitions,
-            Some(1),
-            "renewing is not a transition"
-        );
+        assert_eq!(spec.lease_transitions, Some(1), "renewing is not a transition");
         assert_eq!(spec.acquire_time, Some(MicroTime(now)), "acquire time kept");
         assert_eq!(spec.renew_time, Some(MicroTime(later)));
     }

@@ -10,11 +10,7 @@ use deskpod_controller::team::{reconcile, render::TeamSettings};
 use deskpod_controller::{admin, crd, leader};
 
 #[derive(Parser)]
-#[command(
-    name = "deskpod-controller",
-    version,
-    about = "Deskpod's Kubernetes controller"
-)]
+#[command(name = "deskpod-controller", version, about = "Deskpod's Kubernetes controller")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -31,11 +27,7 @@ enum Command {
     /// Reconcile Teams into namespaces (uses the in-cluster config or $KUBECONFIG).
     Run {
         /// Namespaces always allowed to reach team pods (the portal's, the ingress controller's).
-        #[arg(
-            long = "trusted-namespace",
-            value_name = "NAMESPACE",
-            default_value = "deskpod-system"
-        )]
+        #[arg(long = "trusted-namespace", value_name = "NAMESPACE", default_value = "deskpod-system")]
         trusted_namespaces: Vec<String>,
         /// Address of the admin port: /healthz and /metrics (Prometheus).
         #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:9090")]
@@ -51,11 +43,9 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crd { out_dir } => print_crds(out_dir),
-        Command::Run {
-            trusted_namespaces,
-            admin_listen,
-            leader_elect,
-        } => run(trusted_namespaces, admin_listen, leader_elect).await,
+        Command::Run { trusted_namespaces, admin_listen, leader_elect } => {
+            run(trusted_namespaces, admin_listen, leader_elect).await
+        }
     }
 }
 
@@ -65,19 +55,13 @@ async fn run(
     leader_elect: Option<(String, String)>,
 ) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
-    let client = kube::Client::try_default()
-        .await
-        .context("connecting to the Kubernetes API")?;
+    let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
 
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Metrics::register(&mut registry);
-    let admin = tokio::net::TcpListener::bind(admin_listen)
-        .await
-        .with_context(|| format!("binding {admin_listen}"))?;
+    let admin = tokio::net::TcpListener::bind(admin_listen).await.with_context(|| format!("binding {admin_listen}"))?;
     tracing::info!(address = %admin_listen, "admin port: /healthz, /metrics");
     tokio::spawn(async move {
         if let Err(error) = axum::serve(admin, admin::router(std::sync::Arc::new(registry))).await {
@@ -104,12 +88,7 @@ async fn run(
                 renew_every: std::time::Duration::from_secs(5),
             };
             tracing::info!(identity = %settings.identity, %namespace, %name, "waiting to lead");
-            leader::run_as_leader(
-                kube::Api::namespaced(client, &namespace),
-                settings,
-                controllers,
-            )
-            .await?;
+            leader::run_as_leader(kube::Api::namespaced(client, &namespace), settings, controllers).await?;
         }
     }
     Ok(())
@@ -121,8 +100,7 @@ fn print_crds(out_dir: Option<PathBuf>) -> anyhow::Result<()> {
         match &out_dir {
             Some(dir) => {
                 let path = dir.join(crd::file_name(&crd));
-                std::fs::write(&path, yaml)
-                    .with_context(|| format!("writing {}", path.display()))?;
+                std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
             }
             None => print!("---\n{yaml}"),
         }
@@ -133,11 +111,7 @@ fn print_crds(out_dir: Option<PathBuf>) -> anyhow::Result<()> {
 /// Parses `--leader-elect NAMESPACE/NAME`.
 fn parse_lease(value: &str) -> Result<(String, String), String> {
     match value.split_once('/') {
-        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
-            Ok((ns.into(), name.into()))
-        }
-        _ => Err(format!(
-            "expected NAMESPACE/NAME, such as deskpod-system/deskpod-controller, got {value:?}"
-        )),
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => Ok((ns.into(), name.into())),
+        _ => Err(format!("expected NAMESPACE/NAME, such as deskpod-system/deskpod-controller, got {value:?}")),
     }
 }

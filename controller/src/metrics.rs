@@ -36,22 +36,12 @@ impl Metrics {
         let metrics = Metrics {
             reconciles: Family::default(),
             failures: Family::default(),
-            duration: Family::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(0.005, 2.0, 12))
-            }),
+            duration: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.005, 2.0, 12))),
         };
         let sub = registry.sub_registry_with_prefix("deskpod_controller");
         sub.register("reconcile", "Reconciles run", metrics.reconciles.clone());
-        sub.register(
-            "reconcile_errors",
-            "Reconciles that failed, by error category",
-            metrics.failures.clone(),
-        );
-        sub.register(
-            "reconcile_duration_seconds",
-            "How long a reconcile took",
-            metrics.duration.clone(),
-        );
+        sub.register("reconcile_errors", "Reconciles that failed, by error category", metrics.failures.clone());
+        sub.register("reconcile_duration_seconds", "How long a reconcile took", metrics.duration.clone());
         metrics
     }
 
@@ -59,19 +49,12 @@ impl Metrics {
     pub fn reconciled(&self, controller: &'static str, elapsed: Duration) {
         let label = ControllerLabel { controller };
         self.reconciles.get_or_create(&label).inc();
-        self.duration
-            .get_or_create(&label)
-            .observe(elapsed.as_secs_f64());
+        self.duration.get_or_create(&label).observe(elapsed.as_secs_f64());
     }
 
     /// Records a failed reconcile.
     pub fn failed(&self, controller: &'static str, category: &'static str) {
-        self.failures
-            .get_or_create(&FailureLabels {
-                controller,
-                category,
-            })
-            .inc();
+        self.failures.get_or_create(&FailureLabels { controller, category }).inc();
     }
 }
 
@@ -79,9 +62,7 @@ impl Metrics {
 /// doubling, at most 5 minutes. Transient errors retry quickly; a stuck object does not spin.
 pub fn backoff_delay(failures: u32) -> Duration {
     let doublings = failures.saturating_sub(1).min(16);
-    Duration::from_secs(5)
-        .saturating_mul(1 << doublings)
-        .min(Duration::from_secs(300))
+    Duration::from_secs(5).saturating_mul(1 << doublings).min(Duration::from_secs(300))
 }
 
 #[cfg(test)]
@@ -90,9 +71,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_from_five_seconds_and_stops_at_five_minutes() {
-        let delays: Vec<u64> = [1, 2, 3, 4, 5, 6, 7, 100, u32::MAX]
-            .map(|n| backoff_delay(n).as_secs())
-            .to_vec();
+        let delays: Vec<u64> = [1, 2, 3, 4, 5, 6, 7, 100, u32::MAX].map(|n| backoff_delay(n).as_secs()).to_vec();
         assert_eq!(delays, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
     }
 
@@ -104,21 +83,11 @@ mod tests {
         metrics.failed("team", "apply");
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(text.contains(r#"deskpod_controller_reconcile_total{controller="team"} 1"#), "{text}");
         assert!(
-            text.contains(r#"deskpod_controller_reconcile_total{controller="team"} 1"#),
+            text.contains(r#"deskpod_controller_reconcile_errors_total{controller="team",category="apply"} 1"#),
             "{text}"
         );
-        assert!(
-            text.contains(
-                r#"deskpod_controller_reconcile_errors_total{controller="team",category="apply"} 1"#
-            ),
-            "{text}"
-        );
-        assert!(
-            text.contains(
-                r#"deskpod_controller_reconcile_duration_seconds_count{controller="team"} 1"#
-            ),
-            "{text}"
-        );
+        assert!(text.contains(r#"deskpod_controller_reconcile_duration_seconds_count{controller="team"} 1"#), "{text}");
     }
 }

@@ -20,17 +20,9 @@ fn committed_crds_match_the_rust_types() {
     }
     let mut present: Vec<String> = std::fs::read_dir(&dir)
         .expect("charts/deskpod/crds exists")
-        .map(|e| {
-            e.expect("readable entry")
-                .file_name()
-                .to_string_lossy()
-                .into_owned()
-        })
+        .map(|e| e.expect("readable entry").file_name().to_string_lossy().into_owned())
         .collect();
     present.sort();
     expected.sort();
-    assert_eq!(
-        present, expected,
-        "charts/deskpod/crds holds files no Rust type generates"
-    );
+    assert_eq!(present, expected, "charts/deskpod/crds holds files no Rust type generates");
 }

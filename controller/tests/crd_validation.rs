@@ -9,10 +9,7 @@ use kube::{Client, Resource};
 use serde_json::{Value, json};
 
 /// A dynamic API for `K`, so tests can send JSON the Rust types would refuse to build.
-fn dynamic_api<K: Resource<DynamicType = ()>>(
-    client: &Client,
-    namespace: Option<&str>,
-) -> Api<DynamicObject> {
+fn dynamic_api<K: Resource<DynamicType = ()>>(client: &Client, namespace: Option<&str>) -> Api<DynamicObject> {
     let gvk = GroupVersionKind::gvk(&K::group(&()), &K::version(&()), &K::kind(&()));
     let resource = ApiResource::from_gvk(&gvk);
     match namespace {
@@ -29,10 +26,7 @@ fn object<K: Resource<DynamicType = ()>>(name: &str, spec: Value) -> DynamicObje
 }
 
 async fn setup() -> TestNamespace {
-    TestCluster::shared()
-        .namespace("crd")
-        .await
-        .expect("test namespace")
+    TestCluster::shared().namespace("crd").await.expect("test namespace")
 }
 
 #[tokio::test]
@@ -61,11 +55,7 @@ async fn one_valid_object_of_each_kind_is_accepted_with_defaults() {
         )
         .await
         .expect("a valid Team is accepted");
-    assert_eq!(
-        team.data["spec"]["allowLeadAccess"],
-        json!(false),
-        "allowLeadAccess defaults to false"
-    );
+    assert_eq!(team.data["spec"]["allowLeadAccess"], json!(false), "allowLeadAccess defaults to false");
 
     let templates = dynamic_api::<WorkspaceTemplate>(client, None);
     let template_name = format!("{}-python", ns.name);
@@ -87,44 +77,23 @@ async fn one_valid_object_of_each_kind_is_accepted_with_defaults() {
         )
         .await
         .expect("a valid WorkspaceTemplate is accepted");
-    assert_eq!(
-        template.data["spec"]["port"],
-        json!(6901),
-        "port defaults to 6901"
-    );
-    assert_eq!(
-        template.data["spec"]["protocol"],
-        json!("novnc"),
-        "protocol defaults to novnc"
-    );
+    assert_eq!(template.data["spec"]["port"], json!(6901), "port defaults to 6901");
+    assert_eq!(template.data["spec"]["protocol"], json!("novnc"), "protocol defaults to novnc");
 
     let workspaces = dynamic_api::<Workspace>(client, Some(&ns.name));
     let workspace = workspaces
         .create(
             &PostParams::default(),
-            &object::<Workspace>(
-                "alice-py",
-                json!({ "owner": "alice@example.com", "template": template_name }),
-            ),
+            &object::<Workspace>("alice-py", json!({ "owner": "alice@example.com", "template": template_name })),
         )
         .await
         .expect("a valid Workspace is accepted");
-    assert_eq!(
-        workspace.data["spec"]["running"],
-        json!(true),
-        "running defaults to true"
-    );
-    assert_eq!(
-        workspace.data["spec"]["home"]["reclaimPolicy"],
-        json!("Delete")
-    );
+    assert_eq!(workspace.data["spec"]["running"], json!(true), "running defaults to true");
+    assert_eq!(workspace.data["spec"]["home"]["reclaimPolicy"], json!("Delete"));
 
     // The typed API reads back what the dynamic one wrote: the Rust types and the schema agree.
     let typed: Api<Workspace> = ns.api();
-    let ws = typed
-        .get("alice-py")
-        .await
-        .expect("typed read of the workspace");
+    let ws = typed.get("alice-py").await.expect("typed read of the workspace");
     assert_eq!(ws.spec.owner, "alice@example.com");
 
     let agents = dynamic_api::<CiAgent>(client, Some(&ns.name));
@@ -139,25 +108,10 @@ async fn one_valid_object_of_each_kind_is_accepted_with_defaults() {
         .await
         .expect("a valid CiAgent is accepted");
     let typed: Api<CiAgent> = ns.api();
-    assert_eq!(
-        typed
-            .get("build-1")
-            .await
-            .expect("typed read")
-            .spec
-            .deadline
-            .as_deref(),
-        Some("30m")
-    );
+    assert_eq!(typed.get("build-1").await.expect("typed read").spec.deadline.as_deref(), Some("30m"));
 
-    teams
-        .delete(&team_name, &Default::default())
-        .await
-        .expect("delete team");
-    templates
-        .delete(&template_name, &Default::default())
-        .await
-        .expect("delete template");
+    teams.delete(&team_name, &Default::default()).await.expect("delete team");
+    templates.delete(&template_name, &Default::default()).await.expect("delete template");
 }
 
 /// Which API an invalid object is sent to.
@@ -177,9 +131,7 @@ async fn invalid_objects_are_rejected_with_a_clear_message_and_nothing_is_create
     let team = |quota: Value| json!({ "quota": quota });
     let template = |extra: Value| {
         let mut spec = json!({ "displayName": "Python", "image": "deskpod/python:latest" });
-        spec.as_object_mut()
-            .unwrap()
-            .extend(extra.as_object().unwrap().clone());
+        spec.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
         spec
     };
     let long_name = "a-workspace-name-that-is-far-too-long-for-a-hostname";
@@ -275,27 +227,17 @@ async fn invalid_objects_are_rejected_with_a_clear_message_and_nothing_is_create
     let mut failures = Vec::new();
     for (what, kind, name, spec, expected) in &cases {
         let (api, obj) = match kind {
-            Kind::Team => (
-                dynamic_api::<Team>(&ns.client, None),
-                object::<Team>(name, spec.clone()),
-            ),
-            Kind::Template => (
-                dynamic_api::<WorkspaceTemplate>(&ns.client, None),
-                object::<WorkspaceTemplate>(name, spec.clone()),
-            ),
-            Kind::Workspace => (
-                dynamic_api::<Workspace>(&ns.client, Some(&ns.name)),
-                object::<Workspace>(name, spec.clone()),
-            ),
-            Kind::Agent => (
-                dynamic_api::<CiAgent>(&ns.client, Some(&ns.name)),
-                object::<CiAgent>(name, spec.clone()),
-            ),
+            Kind::Team => (dynamic_api::<Team>(&ns.client, None), object::<Team>(name, spec.clone())),
+            Kind::Template => {
+                (dynamic_api::<WorkspaceTemplate>(&ns.client, None), object::<WorkspaceTemplate>(name, spec.clone()))
+            }
+            Kind::Workspace => {
+                (dynamic_api::<Workspace>(&ns.client, Some(&ns.name)), object::<Workspace>(name, spec.clone()))
+            }
+            Kind::Agent => (dynamic_api::<CiAgent>(&ns.client, Some(&ns.name)), object::<CiAgent>(name, spec.clone())),
         };
         match api.create(&PostParams::default(), &obj).await {
-            Ok(_) => failures.push(format!(
-                "{what}: accepted, expected rejection with {expected:?}"
-            )),
+            Ok(_) => failures.push(format!("{what}: accepted, expected rejection with {expected:?}")),
             Err(kube::Error::Api(status)) => {
                 if status.code != 422 || !status.message.contains(expected) {
                     failures.push(format!(
@@ -306,60 +248,35 @@ async fn invalid_objects_are_rejected_with_a_clear_message_and_nothing_is_create
             }
             Err(e) => failures.push(format!("{what}: unexpected error {e}")),
         }
-        if api
-            .get_opt(name)
-            .await
-            .expect("get after rejected create")
-            .is_some()
-        {
+        if api.get_opt(name).await.expect("get after rejected create").is_some() {
             failures.push(format!("{what}: the object exists after being rejected"));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases wrong:\n{}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} of {} cases wrong:\n{}", failures.len(), cases.len(), failures.join("\n"));
 }
 
 #[tokio::test]
 async fn owner_and_template_of_a_workspace_cannot_change() {
     let ns = setup().await;
     let api = dynamic_api::<Workspace>(&ns.client, Some(&ns.name));
-    api.create(
-        &PostParams::default(),
-        &object::<Workspace>("mine", json!({ "owner": "alice", "template": "python" })),
-    )
-    .await
-    .expect("create workspace");
+    api.create(&PostParams::default(), &object::<Workspace>("mine", json!({ "owner": "alice", "template": "python" })))
+        .await
+        .expect("create workspace");
 
-    for (field, value, expected) in [
-        ("owner", "mallory", "owner cannot be changed"),
-        ("template", "java", "template cannot be changed"),
-    ] {
+    for (field, value, expected) in
+        [("owner", "mallory", "owner cannot be changed"), ("template", "java", "template cannot be changed")]
+    {
         let mut ws = api.get("mine").await.expect("get workspace");
         ws.data["spec"][field] = json!(value);
-        let err = api
-            .replace("mine", &PostParams::default(), &ws)
-            .await
-            .expect_err("the change is refused");
+        let err = api.replace("mine", &PostParams::default(), &ws).await.expect_err("the change is refused");
         match err {
-            kube::Error::Api(status) => assert!(
-                status.message.contains(expected),
-                "{field}: {}",
-                status.message
-            ),
+            kube::Error::Api(status) => assert!(status.message.contains(expected), "{field}: {}", status.message),
             other => panic!("{field}: unexpected error {other}"),
         }
     }
     // Stopping is an allowed change.
     let mut ws = api.get("mine").await.expect("get workspace");
     ws.data["spec"]["running"] = json!(false);
-    let ws = api
-        .replace("mine", &PostParams::default(), &ws)
-        .await
-        .expect("running may change");
+    let ws = api.replace("mine", &PostParams::default(), &ws).await.expect("running may change");
     assert_eq!(ws.data["spec"]["owner"], json!("alice"));
 }

@@ -20,10 +20,7 @@ fn settings(namespace: &str, identity: &str) -> LeaseSettings {
 }
 
 /// Starts a replica that reports on `leading` once it leads, then works until aborted.
-fn replica(
-    api: Api<Lease>,
-    settings: LeaseSettings,
-) -> (tokio::task::JoinHandle<()>, oneshot::Receiver<()>) {
+fn replica(api: Api<Lease>, settings: LeaseSettings) -> (tokio::task::JoinHandle<()>, oneshot::Receiver<()>) {
     let (leading, led) = oneshot::channel();
     let task = tokio::spawn(async move {
         let work = async move {
@@ -37,44 +34,22 @@ fn replica(
 
 #[tokio::test]
 async fn only_one_replica_leads_and_the_other_takes_over_when_it_stops() {
-    let ns = TestCluster::shared()
-        .namespace("lease")
-        .await
-        .expect("test namespace");
+    let ns = TestCluster::shared().namespace("lease").await.expect("test namespace");
     let api: Api<Lease> = ns.api();
 
     let (a, a_led) = replica(api.clone(), settings(&ns.name, "replica-a"));
-    tokio::time::timeout(Duration::from_secs(10), a_led)
-        .await
-        .expect("a leads")
-        .expect("a reports");
+    tokio::time::timeout(Duration::from_secs(10), a_led).await.expect("a leads").expect("a reports");
     let (b, mut b_led) = replica(api.clone(), settings(&ns.name, "replica-b"));
 
     // While a renews, b must not lead: watch for two full lease durations.
-    assert!(
-        tokio::time::timeout(Duration::from_secs(6), &mut b_led)
-            .await
-            .is_err(),
-        "b led while a was renewing"
-    );
+    assert!(tokio::time::timeout(Duration::from_secs(6), &mut b_led).await.is_err(), "b led while a was renewing");
     let lease = api.get("deskpod-controller").await.expect("lease");
-    assert_eq!(
-        lease.spec.as_ref().unwrap().holder_identity.as_deref(),
-        Some("replica-a")
-    );
+    assert_eq!(lease.spec.as_ref().unwrap().holder_identity.as_deref(), Some("replica-a"));
 
     // a stops (as a crashed pod would); b takes over once a's lease expires.
     a.abort();
-    tokio::time::timeout(Duration::from_secs(10), b_led)
-        .await
-        .expect("b takes over")
-        .expect("b reports");
-    let spec = api
-        .get("deskpod-controller")
-        .await
-        .expect("lease")
-        .spec
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), b_led).await.expect("b takes over").expect("b reports");
+    let spec = api.get("deskpod-controller").await.expect("lease").spec.unwrap();
     assert_eq!(spec.holder_identity.as_deref(), Some("replica-b"));
     assert_eq!(spec.lease_transitions, Some(1));
     b.abort();

@@ -8,9 +8,7 @@ use deskpod_controller::api::{Team, Workspace};
 use deskpod_controller::metrics::Metrics;
 use deskpod_controller::team::reconcile::{self, Context};
 use deskpod_controller::team::render::TeamSettings;
-use deskpod_testsupport::{
-    TestCluster, TestNamespace, client_from_kubeconfig, repo_root, wait_deleted, wait_for,
-};
+use deskpod_testsupport::{TestCluster, TestNamespace, client_from_kubeconfig, repo_root, wait_deleted, wait_for};
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, Pod, ResourceQuota, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
@@ -25,22 +23,13 @@ const WAIT: Duration = Duration::from_secs(60);
 /// controller as that user. The returned handle stops it when dropped.
 async fn start_controller(ns: &TestNamespace) -> (tokio::task::JoinHandle<()>, Registry) {
     // The controller's logs appear with a failing test's output.
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter("deskpod_controller=debug")
-        .try_init();
+    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("deskpod_controller=debug").try_init();
     let admin = &ns.client;
-    let text = std::fs::read_to_string(
-        repo_root().join("charts/deskpod/templates/controller-clusterrole.yaml"),
-    )
-    .expect("chart ClusterRole");
+    let text = std::fs::read_to_string(repo_root().join("charts/deskpod/templates/controller-clusterrole.yaml"))
+        .expect("chart ClusterRole");
     let role: ClusterRole = serde_yaml_ng::from_str(&text).expect("ClusterRole YAML");
     Api::<ClusterRole>::all(admin.clone())
-        .patch(
-            "deskpod-controller",
-            &PatchParams::apply("deskpod-tests").force(),
-            &Patch::Apply(&role),
-        )
+        .patch("deskpod-controller", &PatchParams::apply("deskpod-tests").force(), &Patch::Apply(&role))
         .await
         .expect("install chart ClusterRole");
     let user = format!("{}-controller", ns.name);
@@ -50,20 +39,11 @@ async fn start_controller(ns: &TestNamespace) -> (tokio::task::JoinHandle<()>, R
         "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user }]
     }))
     .unwrap();
-    Api::<ClusterRoleBinding>::all(admin.clone())
-        .create(&PostParams::default(), &binding)
-        .await
-        .expect("bind");
-    let kubeconfig = TestCluster::shared()
-        .user_kubeconfig(&user, &[])
-        .expect("controller user");
-    let client = client_from_kubeconfig(&kubeconfig)
-        .await
-        .expect("controller client");
+    Api::<ClusterRoleBinding>::all(admin.clone()).create(&PostParams::default(), &binding).await.expect("bind");
+    let kubeconfig = TestCluster::shared().user_kubeconfig(&user, &[]).expect("controller user");
+    let client = client_from_kubeconfig(&kubeconfig).await.expect("controller client");
     wait_until_allowed(&client).await;
-    let settings = TeamSettings {
-        trusted_namespaces: vec!["deskpod-system".into()],
-    };
+    let settings = TeamSettings { trusted_namespaces: vec!["deskpod-system".into()] };
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let ctx = Context::new(client, settings, metrics);
@@ -75,34 +55,22 @@ async fn wait_until_allowed(client: &Client) {
     let teams: Api<Team> = Api::all(client.clone());
     let deadline = tokio::time::Instant::now() + WAIT;
     while let Err(e) = teams.list(&Default::default()).await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the controller's ClusterRoleBinding never took effect: {e}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "the controller's ClusterRoleBinding never took effect: {e}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 fn subjects(binding: &RoleBinding) -> Vec<String> {
-    binding
-        .subjects
-        .iter()
-        .flatten()
-        .map(|s| s.name.clone())
-        .collect()
+    binding.subjects.iter().flatten().map(|s| s.name.clone()).collect()
 }
 
 fn in_seconds(secs: i64) -> String {
-    (k8s_openapi::jiff::Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_secs(secs))
-        .to_string()
+    (k8s_openapi::jiff::Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_secs(secs)).to_string()
 }
 
 #[tokio::test]
 async fn team_becomes_an_isolated_namespace_and_goes_away_with_it() {
-    let ns = TestCluster::shared()
-        .namespace("teamctl")
-        .await
-        .expect("test namespace");
+    let ns = TestCluster::shared().namespace("teamctl").await.expect("test namespace");
     let (controller, registry) = start_controller(&ns).await;
     let admin = ns.client.clone();
     let team_name = format!("{}-t", ns.name);
@@ -123,89 +91,39 @@ async fn team_becomes_an_isolated_namespace_and_goes_away_with_it() {
         }
     }))
     .unwrap();
-    teams
-        .create(&PostParams::default(), &team)
-        .await
-        .expect("create team");
+    teams.create(&PostParams::default(), &team).await.expect("create team");
 
     // Up to 30 s for the quota controller to discover the CRDs, plus its 15 s resync.
-    let ready = wait_for(
-        &teams,
-        &team_name,
-        "Team Ready",
-        Duration::from_secs(90),
-        |t: Option<&Team>| {
-            t.and_then(|t| t.status.as_ref()).is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True")
-            })
-        },
-    )
+    let ready = wait_for(&teams, &team_name, "Team Ready", Duration::from_secs(90), |t: Option<&Team>| {
+        t.and_then(|t| t.status.as_ref())
+            .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    })
     .await
     .expect("the team is reconciled");
-    assert_eq!(
-        ready.status.as_ref().unwrap().namespace.as_deref(),
-        Some(team_ns.as_str())
-    );
+    assert_eq!(ready.status.as_ref().unwrap().namespace.as_deref(), Some(team_ns.as_str()));
     let mut scraped = String::new();
     prometheus_client::encoding::text::encode(&mut scraped, &registry).unwrap();
     assert!(
-        scraped
-            .contains(r#"deskpod_controller_reconcile_duration_seconds_count{controller="team"}"#),
+        scraped.contains(r#"deskpod_controller_reconcile_duration_seconds_count{controller="team"}"#),
         "reconciles are measured:\n{scraped}"
     );
 
     // Everything the team stands for exists, with the expected content.
-    let namespace = Api::<Namespace>::all(admin.clone())
-        .get(&team_ns)
-        .await
-        .expect("namespace");
-    assert_eq!(
-        namespace.labels()["pod-security.kubernetes.io/enforce"],
-        "restricted"
-    );
-    let quota = Api::<ResourceQuota>::namespaced(admin.clone(), &team_ns)
-        .get("deskpod-team")
-        .await
-        .expect("quota");
+    let namespace = Api::<Namespace>::all(admin.clone()).get(&team_ns).await.expect("namespace");
+    assert_eq!(namespace.labels()["pod-security.kubernetes.io/enforce"], "restricted");
+    let quota = Api::<ResourceQuota>::namespaced(admin.clone(), &team_ns).get("deskpod-team").await.expect("quota");
     let hard = quota.spec.unwrap().hard.unwrap();
     assert_eq!(hard["requests.cpu"].0, "4");
     assert_eq!(hard["count/ciagents.deskpod.io"].0, "50");
-    let limits = Api::<LimitRange>::namespaced(admin.clone(), &team_ns)
-        .get("deskpod-team")
-        .await
-        .expect("limit range");
-    assert_eq!(
-        limits.spec.unwrap().limits[0]
-            .default_request
-            .as_ref()
-            .unwrap()["cpu"]
-            .0,
-        "200m"
-    );
-    Api::<NetworkPolicy>::namespaced(admin.clone(), &team_ns)
-        .get("deskpod-team")
-        .await
-        .expect("network policy");
-    let sa = Api::<ServiceAccount>::namespaced(admin.clone(), &team_ns)
-        .get("deskpod-workspace")
-        .await
-        .expect("sa");
+    let limits = Api::<LimitRange>::namespaced(admin.clone(), &team_ns).get("deskpod-team").await.expect("limit range");
+    assert_eq!(limits.spec.unwrap().limits[0].default_request.as_ref().unwrap()["cpu"].0, "200m");
+    Api::<NetworkPolicy>::namespaced(admin.clone(), &team_ns).get("deskpod-team").await.expect("network policy");
+    let sa = Api::<ServiceAccount>::namespaced(admin.clone(), &team_ns).get("deskpod-workspace").await.expect("sa");
     assert_eq!(sa.automount_service_account_token, Some(false));
     let bindings: Api<RoleBinding> = Api::namespaced(admin.clone(), &team_ns);
-    assert_eq!(
-        subjects(&bindings.get("deskpod-lead").await.unwrap()),
-        ["alice"]
-    );
-    assert_eq!(
-        subjects(&bindings.get("deskpod-engineer").await.unwrap()),
-        ["carol"]
-    );
-    assert_eq!(
-        subjects(&bindings.get("deskpod-contractor").await.unwrap()),
-        ["bob"]
-    );
+    assert_eq!(subjects(&bindings.get("deskpod-lead").await.unwrap()), ["alice"]);
+    assert_eq!(subjects(&bindings.get("deskpod-engineer").await.unwrap()), ["carol"]);
+    assert_eq!(subjects(&bindings.get("deskpod-contractor").await.unwrap()), ["bob"]);
 
     // The quota's usage is mirrored into the Team's status. A pod without resources is admitted
     // thanks to the LimitRange defaults (and must meet the restricted Pod Security Standard).
@@ -218,21 +136,10 @@ async fn team_becomes_an_isolated_namespace_and_goes_away_with_it() {
         }
     }))
     .unwrap();
-    Api::<Pod>::namespaced(admin.clone(), &team_ns)
-        .create(&PostParams::default(), &pod)
-        .await
-        .expect("pod admitted");
-    wait_for(
-        &teams,
-        &team_name,
-        "quota usage in Team status",
-        WAIT,
-        |t: Option<&Team>| {
-            t.and_then(|t| t.status.as_ref())
-                .and_then(|s| s.quota_used.get("requests.cpu"))
-                .is_some_and(|q| q.0 == "200m")
-        },
-    )
+    Api::<Pod>::namespaced(admin.clone(), &team_ns).create(&PostParams::default(), &pod).await.expect("pod admitted");
+    wait_for(&teams, &team_name, "quota usage in Team status", WAIT, |t: Option<&Team>| {
+        t.and_then(|t| t.status.as_ref()).and_then(|s| s.quota_used.get("requests.cpu")).is_some_and(|q| q.0 == "200m")
+    })
     .await
     .expect("the team status mirrors the quota");
 
@@ -243,10 +150,7 @@ async fn team_becomes_an_isolated_namespace_and_goes_away_with_it() {
         "metadata": { "name": "bobs" }, "spec": { "owner": "bob", "template": "python" }
     }))
     .unwrap();
-    workspaces
-        .create(&PostParams::default(), &ws)
-        .await
-        .expect("create bob's workspace");
+    workspaces.create(&PostParams::default(), &ws).await.expect("create bob's workspace");
     // Bob's contract ends in two seconds.
     teams
         .patch(
@@ -261,22 +165,14 @@ async fn team_becomes_an_isolated_namespace_and_goes_away_with_it() {
         )
         .await
         .expect("shorten bob's access");
-    wait_for(
-        &workspaces,
-        "bobs",
-        "expired member's workspace stopped",
-        WAIT,
-        |w: Option<&Workspace>| w.is_some_and(|w| !w.spec.running),
-    )
+    wait_for(&workspaces, "bobs", "expired member's workspace stopped", WAIT, |w: Option<&Workspace>| {
+        w.is_some_and(|w| !w.spec.running)
+    })
     .await
     .expect("bob's workspace is stopped after his access expired");
-    wait_for(
-        &bindings,
-        "deskpod-contractor",
-        "expired contractor unbound",
-        WAIT,
-        |b: Option<&RoleBinding>| b.is_some_and(|b| subjects(b).is_empty()),
-    )
+    wait_for(&bindings, "deskpod-contractor", "expired contractor unbound", WAIT, |b: Option<&RoleBinding>| {
+        b.is_some_and(|b| subjects(b).is_empty())
+    })
     .await
     .expect("bob's binding is removed");
 
@@ -285,36 +181,21 @@ async fn team_becomes_an_isolated_namespace_and_goes_away_with_it() {
         .patch(
             &team_name,
             &PatchParams::default(),
-            &Patch::Json::<()>(
-                serde_json::from_value(json!([{ "op": "remove", "path": "/spec/members/1" }]))
-                    .unwrap(),
-            ),
+            &Patch::Json::<()>(serde_json::from_value(json!([{ "op": "remove", "path": "/spec/members/1" }])).unwrap()),
         )
         .await
         .expect("remove carol");
-    wait_for(
-        &bindings,
-        "deskpod-engineer",
-        "removed member unbound",
-        WAIT,
-        |b: Option<&RoleBinding>| b.is_some_and(|b| subjects(b).is_empty()),
-    )
+    wait_for(&bindings, "deskpod-engineer", "removed member unbound", WAIT, |b: Option<&RoleBinding>| {
+        b.is_some_and(|b| subjects(b).is_empty())
+    })
     .await
     .expect("carol's binding is removed");
 
     // Deleting the team takes the namespace and everything in it.
-    teams
-        .delete(&team_name, &DeleteParams::background())
-        .await
-        .expect("delete team");
+    teams.delete(&team_name, &DeleteParams::background()).await.expect("delete team");
     let namespaces: Api<Namespace> = Api::all(admin.clone());
-    wait_deleted(
-        &namespaces,
-        &team_ns,
-        "team namespace deleted",
-        Duration::from_secs(120),
-    )
-    .await
-    .expect("the namespace goes with the team");
+    wait_deleted(&namespaces, &team_ns, "team namespace deleted", Duration::from_secs(120))
+        .await
+        .expect("the namespace goes with the team");
     controller.abort();
 }

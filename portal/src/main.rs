@@ -16,17 +16,12 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .init();
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
     let cli = Cli::parse();
-    let listener = tokio::net::TcpListener::bind(cli.listen)
-        .await
-        .with_context(|| format!("binding {}", cli.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(cli.listen).await.with_context(|| format!("binding {}", cli.listen))?;
     tracing::info!(address = %cli.listen, "portal listening");
-    axum::serve(listener, deskpod_portal::app())
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    axum::serve(listener, deskpod_portal::app()).with_graceful_shutdown(shutdown_signal()).await?;
     Ok(())
 }
 

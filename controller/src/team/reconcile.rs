@@ -37,12 +37,7 @@ pub struct Context {
 
 impl Context {
     pub fn new(client: Client, settings: TeamSettings, metrics: Metrics) -> Self {
-        Context {
-            client,
-            settings,
-            metrics,
-            failures: Mutex::default(),
-        }
+        Context { client, settings, metrics, failures: Mutex::default() }
     }
 }
 
@@ -56,34 +51,14 @@ fn now() -> Time {
 /// Server-side apply of a namespaced object.
 async fn apply<K>(client: &Client, obj: &K) -> Result<K>
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + Serialize
-        + DeserializeOwned
-        + Clone
-        + std::fmt::Debug,
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
     K::DynamicType: Default,
 {
-    let ns = obj
-        .meta()
-        .namespace
-        .as_deref()
-        .expect("rendered namespaced objects carry their namespace");
-    let name = obj
-        .meta()
-        .name
-        .as_deref()
-        .expect("rendered objects are named");
+    let ns = obj.meta().namespace.as_deref().expect("rendered namespaced objects carry their namespace");
+    let name = obj.meta().name.as_deref().expect("rendered objects are named");
     let api: Api<K> = Api::namespaced(client.clone(), ns);
-    api.patch(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(obj),
-    )
-    .await
-    .map_err(|source| Error::Apply {
-        kind: K::kind(&Default::default()).into_owned(),
-        name: name.to_string(),
-        source,
+    api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(obj)).await.map_err(|source| {
+        Error::Apply { kind: K::kind(&Default::default()).into_owned(), name: name.to_string(), source }
     })
 }
 
@@ -94,10 +69,7 @@ pub async fn reconcile(team: Arc<Team>, ctx: Arc<Context>) -> Result<Action> {
     let result = reconcile_team(&team, &ctx).await;
     ctx.metrics.reconciled(CONTROLLER, started.elapsed());
     if result.is_ok() {
-        ctx.failures
-            .lock()
-            .expect("failure counts lock")
-            .remove(&team.name_any());
+        ctx.failures.lock().expect("failure counts lock").remove(&team.name_any());
     }
     result
 }
@@ -114,17 +86,9 @@ async fn reconcile_team(team: &Team, ctx: &Context) -> Result<Action> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns = render::render_namespace(team);
     namespaces
-        .patch(
-            &ns_name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&ns),
-        )
+        .patch(&ns_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&ns))
         .await
-        .map_err(|source| Error::Apply {
-            kind: "Namespace".into(),
-            name: ns_name.clone(),
-            source,
-        })?;
+        .map_err(|source| Error::Apply { kind: "Namespace".into(), name: ns_name.clone(), source })?;
 
     let quota = apply(client, &render::render_resource_quota(team)).await?;
     apply(client, &render::render_limit_range(team)).await?;
@@ -142,16 +106,8 @@ async fn reconcile_team(team: &Team, ctx: &Context) -> Result<Action> {
 
     let status = TeamStatus {
         namespace: Some(ns_name),
-        quota_hard: quota
-            .status
-            .as_ref()
-            .and_then(|s| s.hard.clone())
-            .unwrap_or_default(),
-        quota_used: quota
-            .status
-            .as_ref()
-            .and_then(|s| s.used.clone())
-            .unwrap_or_default(),
+        quota_hard: quota.status.as_ref().and_then(|s| s.hard.clone()).unwrap_or_default(),
+        quota_used: quota.status.as_ref().and_then(|s| s.used.clone()).unwrap_or_default(),
         observed_generation: team.meta().generation,
         conditions: vec![ready_condition(team, &quota, &now)],
     };
@@ -160,89 +116,42 @@ async fn reconcile_team(team: &Team, ctx: &Context) -> Result<Action> {
         .patch_status(
             &team.name_any(),
             &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(
-                json!({ "apiVersion": "deskpod.io/v1alpha1", "kind": "Team", "status": status }),
-            ),
+            &Patch::Apply(json!({ "apiVersion": "deskpod.io/v1alpha1", "kind": "Team", "status": status })),
         )
         .await
-        .map_err(|source| Error::Apply {
-            kind: "Team status".into(),
-            name: team.name_any(),
-            source,
-        })?;
+        .map_err(|source| Error::Apply { kind: "Team status".into(), name: team.name_any(), source })?;
 
     // Look again when the next member's access ends.
     Ok(match render::next_expiry(team, &now) {
-        Some(t) => Action::requeue(
-            t.0.duration_since(now.0)
-                .unsigned_abs()
-                .min(Duration::from_secs(3600)),
-        ),
+        Some(t) => Action::requeue(t.0.duration_since(now.0).unsigned_abs().min(Duration::from_secs(3600))),
         None => Action::await_change(),
     })
 }
 
 fn ready_condition(team: &Team, quota: &ResourceQuota, now: &Time) -> Condition {
-    let previous = team
-        .status
-        .as_ref()
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
+    let previous = team.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
     let uncounted = render::uncounted_quota_resources(quota);
     let (ready, reason, message) = if uncounted.is_empty() {
-        (
-            true,
-            "Reconciled",
-            "namespace, quota, limits, network policies and RBAC are in place".to_string(),
-        )
+        (true, "Reconciled", "namespace, quota, limits, network policies and RBAC are in place".to_string())
     } else {
         // Until the quota controller has counted a resource, admission refuses to create it.
-        (
-            false,
-            "QuotaPending",
-            format!(
-                "waiting for the quota controller to count {}",
-                uncounted.join(", ")
-            ),
-        )
+        (false, "QuotaPending", format!("waiting for the quota controller to count {}", uncounted.join(", ")))
     };
-    conditions::condition(
-        previous,
-        "Ready",
-        ready,
-        reason,
-        message,
-        team.meta().generation,
-        now,
-    )
+    conditions::condition(previous, "Ready", ready, reason, message, team.meta().generation, now)
 }
 
 /// The egress policy exists only while the team has an allow-list.
-async fn delete_stale_network_policies(
-    client: &Client,
-    ns: &str,
-    wanted: &[NetworkPolicy],
-) -> Result<()> {
+async fn delete_stale_network_policies(client: &Client, ns: &str, wanted: &[NetworkPolicy]) -> Result<()> {
     let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns);
-    let present = api
-        .list(&ListParams::default().labels(TEAM_LABEL))
-        .await
-        .map_err(Error::List)?;
+    let present = api.list(&ListParams::default().labels(TEAM_LABEL)).await.map_err(Error::List)?;
     for policy in present {
         let name = policy.name_any();
-        if !wanted
-            .iter()
-            .any(|w| w.metadata.name.as_deref() == Some(&name))
-        {
+        if !wanted.iter().any(|w| w.metadata.name.as_deref() == Some(&name)) {
             match api.delete(&name, &Default::default()).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(status)) if status.is_not_found() => {}
                 Err(source) => {
-                    return Err(Error::Delete {
-                        kind: "NetworkPolicy".into(),
-                        name,
-                        source,
-                    });
+                    return Err(Error::Delete { kind: "NetworkPolicy".into(), name, source });
                 }
             }
         }
@@ -251,12 +160,7 @@ async fn delete_stale_network_policies(
 }
 
 /// A member whose access has ended keeps their workspaces (and home volumes) but not running ones.
-async fn stop_workspaces_of_expired_members(
-    client: &Client,
-    team: &Team,
-    ns: &str,
-    now: &Time,
-) -> Result<()> {
+async fn stop_workspaces_of_expired_members(client: &Client, team: &Team, ns: &str, now: &Time) -> Result<()> {
     let expired: Vec<&str> = team
         .spec
         .members
@@ -268,24 +172,12 @@ async fn stop_workspaces_of_expired_members(
         return Ok(());
     }
     let api: Api<Workspace> = Api::namespaced(client.clone(), ns);
-    for ws in api
-        .list(&ListParams::default())
-        .await
-        .map_err(Error::List)?
-    {
+    for ws in api.list(&ListParams::default()).await.map_err(Error::List)? {
         if ws.spec.running && expired.contains(&ws.spec.owner.as_str()) {
             let name = ws.name_any();
-            api.patch(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "spec": { "running": false } })),
-            )
-            .await
-            .map_err(|source| Error::Apply {
-                kind: "Workspace".into(),
-                name,
-                source,
-            })?;
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(json!({ "spec": { "running": false } })))
+                .await
+                .map_err(|source| Error::Apply { kind: "Workspace".into(), name, source })?;
         }
     }
     Ok(())
@@ -311,41 +203,13 @@ pub async fn run(ctx: Arc<Context>) {
     let by_team_label = |obj: &dyn ResourceLabels| obj.team_label().map(ObjectRef::<Team>::new);
     let children = watcher::Config::default().labels(TEAM_LABEL);
     Controller::new(Api::<Team>::all(client.clone()), watcher::Config::default())
-        .watches(
-            Api::<Namespace>::all(client.clone()),
-            children.clone(),
-            move |o| by_team_label(&o),
-        )
-        .watches(
-            Api::<ResourceQuota>::all(client.clone()),
-            children.clone(),
-            move |o| by_team_label(&o),
-        )
-        .watches(
-            Api::<LimitRange>::all(client.clone()),
-            children.clone(),
-            move |o| by_team_label(&o),
-        )
-        .watches(
-            Api::<ServiceAccount>::all(client.clone()),
-            children.clone(),
-            move |o| by_team_label(&o),
-        )
-        .watches(
-            Api::<NetworkPolicy>::all(client.clone()),
-            children.clone(),
-            move |o| by_team_label(&o),
-        )
-        .watches(
-            Api::<Role>::all(client.clone()),
-            children.clone(),
-            move |o| by_team_label(&o),
-        )
-        .watches(
-            Api::<RoleBinding>::all(client.clone()),
-            children,
-            move |o| by_team_label(&o),
-        )
+        .watches(Api::<Namespace>::all(client.clone()), children.clone(), move |o| by_team_label(&o))
+        .watches(Api::<ResourceQuota>::all(client.clone()), children.clone(), move |o| by_team_label(&o))
+        .watches(Api::<LimitRange>::all(client.clone()), children.clone(), move |o| by_team_label(&o))
+        .watches(Api::<ServiceAccount>::all(client.clone()), children.clone(), move |o| by_team_label(&o))
+        .watches(Api::<NetworkPolicy>::all(client.clone()), children.clone(), move |o| by_team_label(&o))
+        .watches(Api::<Role>::all(client.clone()), children.clone(), move |o| by_team_label(&o))
+        .watches(Api::<RoleBinding>::all(client.clone()), children, move |o| by_team_label(&o))
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -362,10 +226,6 @@ trait ResourceLabels {
 }
 impl<K: Resource> ResourceLabels for K {
     fn team_label(&self) -> Option<&str> {
-        self.meta()
-            .labels
-            .as_ref()?
-            .get(TEAM_LABEL)
-            .map(String::as_str)
+        self.meta().labels.as_ref()?.get(TEAM_LABEL).map(String::as_str)
     }
 }

@@ -7,12 +7,11 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::Resource as _;
 use k8s_openapi::api::core::v1::{
-    LimitRange, LimitRangeItem, LimitRangeSpec, Namespace, ResourceQuota, ResourceQuotaSpec,
-    ServiceAccount,
+    LimitRange, LimitRangeItem, LimitRangeSpec, Namespace, ResourceQuota, ResourceQuotaSpec, ServiceAccount,
 };
 use k8s_openapi::api::networking::v1::{
-    IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
-    NetworkPolicyPort, NetworkPolicySpec,
+    IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -51,10 +50,7 @@ pub fn namespace_name(team: &str) -> String {
 fn labels(team: &Team) -> BTreeMap<String, String> {
     BTreeMap::from([
         (TEAM_LABEL.to_string(), team.name_any()),
-        (
-            "app.kubernetes.io/managed-by".to_string(),
-            MANAGED_BY.to_string(),
-        ),
+        ("app.kubernetes.io/managed-by".to_string(), MANAGED_BY.to_string()),
     ])
 }
 
@@ -74,14 +70,8 @@ fn meta(team: &Team, name: &str) -> ObjectMeta {
 pub fn render_namespace(team: &Team) -> Namespace {
     let mut labels = labels(team);
     for mode in ["enforce", "audit", "warn"] {
-        labels.insert(
-            format!("pod-security.kubernetes.io/{mode}"),
-            "restricted".into(),
-        );
-        labels.insert(
-            format!("pod-security.kubernetes.io/{mode}-version"),
-            "latest".into(),
-        );
+        labels.insert(format!("pod-security.kubernetes.io/{mode}"), "restricted".into());
+        labels.insert(format!("pod-security.kubernetes.io/{mode}-version"), "latest".into());
     }
     Namespace {
         metadata: ObjectMeta {
@@ -117,10 +107,7 @@ pub fn render_resource_quota(team: &Team) -> ResourceQuota {
     put("count/ciagents.deskpod.io", count(q.ci_agent_queue));
     ResourceQuota {
         metadata: meta(team, TEAM_OBJECT_NAME),
-        spec: Some(ResourceQuotaSpec {
-            hard: Some(hard),
-            ..Default::default()
-        }),
+        spec: Some(ResourceQuotaSpec { hard: Some(hard), ..Default::default() }),
         ..Default::default()
     }
 }
@@ -133,17 +120,11 @@ pub fn uncounted_quota_resources(quota: &ResourceQuota) -> Vec<String> {
     let status = quota.status.as_ref();
     let counted = |key: &String| {
         status.is_some_and(|s| {
-            s.hard
-                .as_ref()
-                .is_some_and(|h| h.get(key) == hard.and_then(|h| h.get(key)))
+            s.hard.as_ref().is_some_and(|h| h.get(key) == hard.and_then(|h| h.get(key)))
                 && s.used.as_ref().is_some_and(|u| u.contains_key(key))
         })
     };
-    hard.into_iter()
-        .flat_map(|h| h.keys())
-        .filter(|k| !counted(k))
-        .cloned()
-        .collect()
+    hard.into_iter().flat_map(|h| h.keys()).filter(|k| !counted(k)).cloned().collect()
 }
 
 /// Defaults for containers that set no resources (so they are still admitted under the quota),
@@ -151,17 +132,10 @@ pub fn uncounted_quota_resources(quota: &ResourceQuota) -> Vec<String> {
 pub fn render_limit_range(team: &Team) -> LimitRange {
     let l = &team.spec.limits;
     let default_request = BTreeMap::from([
-        (
-            "cpu".to_string(),
-            l.default_cpu_request
-                .clone()
-                .unwrap_or_else(|| Quantity(DEFAULT_CPU_REQUEST.into())),
-        ),
+        ("cpu".to_string(), l.default_cpu_request.clone().unwrap_or_else(|| Quantity(DEFAULT_CPU_REQUEST.into()))),
         (
             "memory".to_string(),
-            l.default_memory_request
-                .clone()
-                .unwrap_or_else(|| Quantity(DEFAULT_MEMORY_REQUEST.into())),
+            l.default_memory_request.clone().unwrap_or_else(|| Quantity(DEFAULT_MEMORY_REQUEST.into())),
         ),
     ]);
     // A container without limits gets limits equal to its default request, so it is admitted
@@ -188,19 +162,13 @@ pub fn render_limit_range(team: &Team) -> LimitRange {
             ..Default::default()
         });
     }
-    LimitRange {
-        metadata: meta(team, TEAM_OBJECT_NAME),
-        spec: Some(LimitRangeSpec { limits }),
-    }
+    LimitRange { metadata: meta(team, TEAM_OBJECT_NAME), spec: Some(LimitRangeSpec { limits }) }
 }
 
 fn namespace_peer(name: &str) -> NetworkPolicyPeer {
     NetworkPolicyPeer {
         namespace_selector: Some(LabelSelector {
-            match_labels: Some(BTreeMap::from([(
-                "kubernetes.io/metadata.name".to_string(),
-                name.to_string(),
-            )])),
+            match_labels: Some(BTreeMap::from([("kubernetes.io/metadata.name".to_string(), name.to_string())])),
             ..Default::default()
         }),
         ..Default::default()
@@ -210,16 +178,10 @@ fn namespace_peer(name: &str) -> NetworkPolicyPeer {
 /// Ingress isolation (only the team itself, the portal, the ingress controller and namespaces the
 /// team names may connect), plus an egress allow-list when the team has one.
 pub fn render_network_policies(team: &Team, settings: &TeamSettings) -> Vec<NetworkPolicy> {
-    let same_namespace = NetworkPolicyPeer {
-        pod_selector: Some(LabelSelector::default()),
-        ..Default::default()
-    };
+    let same_namespace = NetworkPolicyPeer { pod_selector: Some(LabelSelector::default()), ..Default::default() };
     let mut from = vec![same_namespace.clone()];
-    let mut allowed: Vec<&String> = settings
-        .trusted_namespaces
-        .iter()
-        .chain(&team.spec.network.allow_ingress_from_namespaces)
-        .collect();
+    let mut allowed: Vec<&String> =
+        settings.trusted_namespaces.iter().chain(&team.spec.network.allow_ingress_from_namespaces).collect();
     allowed.sort();
     allowed.dedup();
     from.extend(allowed.into_iter().map(|ns| namespace_peer(ns)));
@@ -228,37 +190,21 @@ pub fn render_network_policies(team: &Team, settings: &TeamSettings) -> Vec<Netw
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(LabelSelector::default()),
             policy_types: Some(vec!["Ingress".into()]),
-            ingress: Some(vec![NetworkPolicyIngressRule {
-                from: Some(from),
-                ports: None,
-            }]),
+            ingress: Some(vec![NetworkPolicyIngressRule { from: Some(from), ports: None }]),
             egress: None,
         }),
     }];
     if let Some(rules) = &team.spec.network.egress_allow {
         let dns_ports = ["UDP", "TCP"]
-            .map(|p| NetworkPolicyPort {
-                protocol: Some(p.into()),
-                port: Some(IntOrString::Int(53)),
-                end_port: None,
-            })
+            .map(|p| NetworkPolicyPort { protocol: Some(p.into()), port: Some(IntOrString::Int(53)), end_port: None })
             .to_vec();
         let mut egress = vec![
-            NetworkPolicyEgressRule {
-                to: Some(vec![namespace_peer("kube-system")]),
-                ports: Some(dns_ports),
-            },
-            NetworkPolicyEgressRule {
-                to: Some(vec![same_namespace]),
-                ports: None,
-            },
+            NetworkPolicyEgressRule { to: Some(vec![namespace_peer("kube-system")]), ports: Some(dns_ports) },
+            NetworkPolicyEgressRule { to: Some(vec![same_namespace]), ports: None },
         ];
         egress.extend(rules.iter().map(|r| NetworkPolicyEgressRule {
             to: Some(vec![NetworkPolicyPeer {
-                ip_block: Some(IPBlock {
-                    cidr: r.cidr.clone(),
-                    except: None,
-                }),
+                ip_block: Some(IPBlock { cidr: r.cidr.clone(), except: None }),
                 ..Default::default()
             }]),
             ports: (!r.ports.is_empty()).then(|| {
@@ -311,23 +257,11 @@ fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
 /// workspace is enforced by the portal; RBAC cannot express "only your own".
 pub fn render_role(team: &Team, role: TeamRole) -> Role {
     let read = ["get", "list", "watch"];
-    let write = [
-        "get", "list", "watch", "create", "update", "patch", "delete",
-    ];
+    let write = ["get", "list", "watch", "create", "update", "patch", "delete"];
     let rules = match role {
         TeamRole::Lead => vec![
             rule(&["deskpod.io"], &["workspaces", "ciagents"], &write),
-            rule(
-                &[""],
-                &[
-                    "pods",
-                    "events",
-                    "persistentvolumeclaims",
-                    "resourcequotas",
-                    "limitranges",
-                ],
-                &read,
-            ),
+            rule(&[""], &["pods", "events", "persistentvolumeclaims", "resourcequotas", "limitranges"], &read),
             rule(&[""], &["pods/log"], &["get"]),
         ],
         TeamRole::Engineer => vec![
@@ -335,15 +269,11 @@ pub fn render_role(team: &Team, role: TeamRole) -> Role {
             rule(&[""], &["pods", "events", "resourcequotas"], &read),
             rule(&[""], &["pods/log"], &["get"]),
         ],
-        TeamRole::Contractor => vec![
-            rule(&["deskpod.io"], &["workspaces"], &write),
-            rule(&[""], &["resourcequotas"], &read),
-        ],
+        TeamRole::Contractor => {
+            vec![rule(&["deskpod.io"], &["workspaces"], &write), rule(&[""], &["resourcequotas"], &read)]
+        }
     };
-    Role {
-        metadata: meta(team, role_object_name(role)),
-        rules: Some(rules),
-    }
+    Role { metadata: meta(team, role_object_name(role)), rules: Some(rules) }
 }
 
 /// The members that hold `role` at `now`: expired members are left out, which removes their
@@ -380,12 +310,7 @@ pub fn render_role_binding(team: &Team, role: TeamRole, now: &Time) -> RoleBindi
 
 /// The earliest member expiry after `now`: the controller looks at the team again then.
 pub fn next_expiry(team: &Team, now: &Time) -> Option<Time> {
-    team.spec
-        .members
-        .iter()
-        .filter_map(|m| m.expires_at.clone())
-        .filter(|t| t.0 > now.0)
-        .min_by_key(|t| t.0)
+    team.spec.members.iter().filter_map(|m| m.expires_at.clone()).filter(|t| t.0 > now.0).min_by_key(|t| t.0)
 }
 
 /// The ServiceAccount workspace pods run as. No token is mounted: desktops have no business

@@ -45,22 +45,13 @@ pub enum Error {
     #[error("starting the test cluster failed: {0}")]
     StartCluster(String),
     #[error("reading kubeconfig {path}: {source}")]
-    Kubeconfig {
-        path: PathBuf,
-        source: kube::config::KubeconfigError,
-    },
+    Kubeconfig { path: PathBuf, source: kube::config::KubeconfigError },
     #[error("kubernetes API call failed: {0}")]
     Kube(#[from] kube::Error),
     #[error("reading {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("parsing CRD file {path}: {source}")]
-    CrdYaml {
-        path: PathBuf,
-        source: serde_yaml_ng::Error,
-    },
+    CrdYaml { path: PathBuf, source: serde_yaml_ng::Error },
     #[error("timed out after {0:?} waiting for {1}")]
     Timeout(Duration, String),
     #[error("minting a kubeconfig for user {0} failed: {1}")]
@@ -113,35 +104,18 @@ impl TestCluster {
     /// Uses a cluster started elsewhere (`testcluster up --dir <dir>`).
     fn join(dir: &Path) -> Result<TestCluster> {
         let kubeconfig = dir.join("kubeconfig");
-        let config = Kubeconfig::read_from(&kubeconfig).map_err(|source| Error::Kubeconfig {
-            path: kubeconfig.clone(),
-            source,
-        })?;
-        let server = config
-            .clusters
-            .first()
-            .and_then(|c| c.cluster.as_ref())
-            .and_then(|c| c.server.clone())
-            .unwrap_or_default();
-        Ok(TestCluster {
-            kubeconfig,
-            server,
-            dir: dir.to_path_buf(),
-            version: String::new(),
-            _supervisor: None,
-        })
+        let config = Kubeconfig::read_from(&kubeconfig)
+            .map_err(|source| Error::Kubeconfig { path: kubeconfig.clone(), source })?;
+        let server =
+            config.clusters.first().and_then(|c| c.cluster.as_ref()).and_then(|c| c.server.clone()).unwrap_or_default();
+        Ok(TestCluster { kubeconfig, server, dir: dir.to_path_buf(), version: String::new(), _supervisor: None })
     }
 
     /// Starts a cluster for this test binary.
     fn start() -> Result<TestCluster> {
         let harness = harness_binary()?;
-        let log_path = target_dir()
-            .join("testcluster")
-            .join(format!("up-{}.log", std::process::id()));
-        let log = std::fs::File::create(&log_path).map_err(|source| Error::Io {
-            path: log_path.clone(),
-            source,
-        })?;
+        let log_path = target_dir().join("testcluster").join(format!("up-{}.log", std::process::id()));
+        let log = std::fs::File::create(&log_path).map_err(|source| Error::Io { path: log_path.clone(), source })?;
         let mut child = Command::new(&harness)
             .arg("up")
             .stdin(Stdio::piped())
@@ -178,9 +152,7 @@ impl TestCluster {
     /// A client acting as cluster admin, with Deskpod's CRDs installed and established.
     pub async fn client(&self) -> Result<Client> {
         let client = client_from_kubeconfig(&self.kubeconfig).await?;
-        CRDS_INSTALLED
-            .get_or_try_init(|| install_crds(client.clone()))
-            .await?;
+        CRDS_INSTALLED.get_or_try_init(|| install_crds(client.clone())).await?;
         Ok(client)
     }
 
@@ -197,40 +169,22 @@ impl TestCluster {
             ..Default::default()
         };
         let created = namespaces.create(&PostParams::default(), &ns).await?;
-        Ok(TestNamespace {
-            name: created
-                .metadata
-                .name
-                .expect("the API server names generated objects"),
-            client,
-        })
+        Ok(TestNamespace { name: created.metadata.name.expect("the API server names generated objects"), client })
     }
 
     /// A kubeconfig for a non-admin user authenticated by a client certificate, for RBAC tests.
     pub fn user_kubeconfig(&self, user: &str, groups: &[&str]) -> Result<PathBuf> {
         let users = self.dir.join("users");
-        std::fs::create_dir_all(&users).map_err(|source| Error::Io {
-            path: users.clone(),
-            source,
-        })?;
+        std::fs::create_dir_all(&users).map_err(|source| Error::Io { path: users.clone(), source })?;
         let out = users.join(format!("{user}.kubeconfig"));
         let mut cmd = Command::new(harness_binary()?);
-        cmd.args(["kubeconfig", "--dir"])
-            .arg(&self.dir)
-            .args(["--user", user])
-            .arg("--out")
-            .arg(&out);
+        cmd.args(["kubeconfig", "--dir"]).arg(&self.dir).args(["--user", user]).arg("--out").arg(&out);
         for g in groups {
             cmd.args(["--group", g]);
         }
-        let output = cmd
-            .output()
-            .map_err(|e| Error::MintUser(user.into(), e.to_string()))?;
+        let output = cmd.output().map_err(|e| Error::MintUser(user.into(), e.to_string()))?;
         if !output.status.success() {
-            return Err(Error::MintUser(
-                user.into(),
-                String::from_utf8_lossy(&output.stderr).into_owned(),
-            ));
+            return Err(Error::MintUser(user.into(), String::from_utf8_lossy(&output.stderr).into_owned()));
         }
         Ok(out)
     }
@@ -255,42 +209,25 @@ impl TestNamespace {
 
 /// A client for the given kubeconfig file.
 pub async fn client_from_kubeconfig(path: &Path) -> Result<Client> {
-    let kubeconfig = Kubeconfig::read_from(path).map_err(|source| Error::Kubeconfig {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let kubeconfig =
+        Kubeconfig::read_from(path).map_err(|source| Error::Kubeconfig { path: path.to_path_buf(), source })?;
     let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
-        .map_err(|source| Error::Kubeconfig {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        .map_err(|source| Error::Kubeconfig { path: path.to_path_buf(), source })?;
     Ok(Client::try_from(config)?)
 }
 
 /// Waits until `cond` holds for the named object, or fails after `timeout` saying what it
 /// waited for. Watch-based: no polling, returns as soon as the API server reports the change.
 /// For conditions an existing object meets; use [`wait_deleted`] to wait for deletion.
-pub async fn wait_for<K>(
-    api: &Api<K>,
-    name: &str,
-    what: &str,
-    timeout: Duration,
-    cond: impl Condition<K>,
-) -> Result<K>
+pub async fn wait_for<K>(api: &Api<K>, name: &str, what: &str, timeout: Duration, cond: impl Condition<K>) -> Result<K>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
     match tokio::time::timeout(timeout, await_condition(api.clone(), name, cond)).await {
         Ok(Ok(Some(obj))) => Ok(obj),
-        Ok(Ok(None)) => Err(Error::Timeout(
-            timeout,
-            format!("{what}: {name} was deleted"),
-        )),
-        Ok(Err(e)) => Err(Error::Timeout(
-            timeout,
-            format!("{what}: watch failed: {e}"),
-        )),
+        Ok(Ok(None)) => Err(Error::Timeout(timeout, format!("{what}: {name} was deleted"))),
+        Ok(Err(e)) => Err(Error::Timeout(timeout, format!("{what}: watch failed: {e}"))),
         Err(_) => Err(Error::Timeout(timeout, format!("{what} ({name})"))),
     }
 }
@@ -300,33 +237,20 @@ pub async fn wait_deleted<K>(api: &Api<K>, name: &str, what: &str, timeout: Dura
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
-    match tokio::time::timeout(
-        timeout,
-        await_condition(api.clone(), name, |o: Option<&K>| o.is_none()),
-    )
-    .await
-    {
+    match tokio::time::timeout(timeout, await_condition(api.clone(), name, |o: Option<&K>| o.is_none())).await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(Error::Timeout(
-            timeout,
-            format!("{what}: watch failed: {e}"),
-        )),
+        Ok(Err(e)) => Err(Error::Timeout(timeout, format!("{what}: watch failed: {e}"))),
         Err(_) => Err(Error::Timeout(timeout, format!("{what} ({name})"))),
     }
 }
 
 /// The repository root (this crate lives in `tests/support`).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("repository root exists")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repository root exists")
 }
 
 fn target_dir() -> PathBuf {
-    let dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target"));
+    let dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"));
     let _ = std::fs::create_dir_all(dir.join("testcluster"));
     dir
 }
@@ -346,9 +270,7 @@ fn harness_binary() -> Result<PathBuf> {
         .output()
         .map_err(|e| Error::BuildHarness(format!("running go: {e}")))?;
     if !output.status.success() {
-        return Err(Error::BuildHarness(
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        ));
+        return Err(Error::BuildHarness(String::from_utf8_lossy(&output.stderr).into_owned()));
     }
     Ok(out)
 }
@@ -358,48 +280,22 @@ fn harness_binary() -> Result<PathBuf> {
 async fn install_crds(client: Client) -> Result<()> {
     let api: Api<CustomResourceDefinition> = Api::all(client);
     let dir = repo_root().join("charts/deskpod/crds");
-    let entries = std::fs::read_dir(&dir).map_err(|source| Error::Io {
-        path: dir.clone(),
-        source,
-    })?;
+    let entries = std::fs::read_dir(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
     let mut names = Vec::new();
     for entry in entries {
-        let path = entry
-            .map_err(|source| Error::Io {
-                path: dir.clone(),
-                source,
-            })?
-            .path();
+        let path = entry.map_err(|source| Error::Io { path: dir.clone(), source })?.path();
         if path.extension().is_none_or(|e| e != "yaml") {
             continue;
         }
-        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
         let crd: CustomResourceDefinition =
-            serde_yaml_ng::from_str(&text).map_err(|source| Error::CrdYaml {
-                path: path.clone(),
-                source,
-            })?;
+            serde_yaml_ng::from_str(&text).map_err(|source| Error::CrdYaml { path: path.clone(), source })?;
         let name = crd.metadata.name.clone().unwrap_or_default();
-        api.patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&crd),
-        )
-        .await?;
+        api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&crd)).await?;
         names.push(name);
     }
     for name in names {
-        wait_for(
-            &api,
-            &name,
-            "CRD established",
-            Duration::from_secs(30),
-            crd_established,
-        )
-        .await?;
+        wait_for(&api, &name, "CRD established", Duration::from_secs(30), crd_established).await?;
     }
     Ok(())
 }
@@ -407,8 +303,5 @@ async fn install_crds(client: Client) -> Result<()> {
 fn crd_established(crd: Option<&CustomResourceDefinition>) -> bool {
     crd.and_then(|c| c.status.as_ref())
         .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| {
-            cs.iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-        })
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"))
 }
