@@ -60,6 +60,24 @@ async fn wait_until_allowed(client: &Client) {
     }
 }
 
+/// Waits (bounded) for an Event with `reason` about the named object.
+async fn wait_for_event(
+    events: &Api<k8s_openapi::api::events::v1::Event>,
+    name: &str,
+    reason: &str,
+) -> k8s_openapi::api::events::v1::Event {
+    let params = kube::api::ListParams::default().fields(&format!("regarding.name={name}"));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let found = events.list(&params).await.expect("list events");
+        if let Some(e) = found.items.into_iter().find(|e| e.reason.as_deref() == Some(reason)) {
+            return e;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no {reason} event for {name}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn subjects(binding: &RoleBinding) -> Vec<String> {
     binding.subjects.iter().flatten().map(|s| s.name.clone()).collect()
 }
@@ -101,6 +119,11 @@ async fn team_becomes_an_isolated_namespace_and_goes_away_with_it() {
     .await
     .expect("the team is reconciled");
     assert_eq!(ready.status.as_ref().unwrap().namespace.as_deref(), Some(team_ns.as_str()));
+    // `kubectl describe team` tells why it became Ready (events of cluster-scoped objects
+    // live in the default namespace).
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(admin.clone(), "default");
+    let reconciled = wait_for_event(&events, &team_name, "Reconciled").await;
+    assert_eq!(reconciled.type_.as_deref(), Some("Normal"));
     let mut scraped = String::new();
     prometheus_client::encoding::text::encode(&mut scraped, &registry).unwrap();
     assert!(

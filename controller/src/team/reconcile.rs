@@ -14,6 +14,7 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
@@ -31,13 +32,17 @@ pub struct Context {
     pub client: Client,
     pub settings: TeamSettings,
     pub metrics: Metrics,
+    /// Publishes Events on Teams (shown by `kubectl describe team`).
+    pub recorder: Recorder,
     /// Consecutive failures per Team, for the backoff; cleared by a successful reconcile.
     pub failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
     pub fn new(client: Client, settings: TeamSettings, metrics: Metrics) -> Self {
-        Context { client, settings, metrics, failures: Mutex::default() }
+        let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+        let recorder = Recorder::new(client.clone(), reporter);
+        Context { client, settings, metrics, recorder, failures: Mutex::default() }
     }
 }
 
@@ -104,12 +109,14 @@ async fn reconcile_team(team: &Team, ctx: &Context) -> Result<Action> {
     }
     stop_workspaces_of_expired_members(client, team, &ns_name, &now).await?;
 
+    let ready = ready_condition(team, &quota, &now);
+    publish_transition(ctx, team, &ready).await;
     let status = TeamStatus {
         namespace: Some(ns_name),
         quota_hard: quota.status.as_ref().and_then(|s| s.hard.clone()).unwrap_or_default(),
         quota_used: quota.status.as_ref().and_then(|s| s.used.clone()).unwrap_or_default(),
         observed_generation: team.meta().generation,
-        conditions: vec![ready_condition(team, &quota, &now)],
+        conditions: vec![ready.clone()],
     };
     let teams: Api<Team> = Api::all(client.clone());
     teams
@@ -138,6 +145,25 @@ fn ready_condition(team: &Team, quota: &ResourceQuota, now: &Time) -> Condition 
         (false, "QuotaPending", format!("waiting for the quota controller to count {}", uncounted.join(", ")))
     };
     conditions::condition(previous, "Ready", ready, reason, message, team.meta().generation, now)
+}
+
+/// Publishes an Event when the Ready condition changes (not on every reconcile), so
+/// `kubectl describe team` tells the story: QuotaPending, then Reconciled.
+async fn publish_transition(ctx: &Context, team: &Team, ready: &Condition) {
+    let previous = team.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
+    if previous.is_some_and(|p| p.status == ready.status && p.reason == ready.reason) {
+        return;
+    }
+    let event = Event {
+        type_: if ready.status == "True" { EventType::Normal } else { EventType::Warning },
+        reason: ready.reason.clone(),
+        note: Some(ready.message.clone()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &team.object_ref(&())).await {
+        tracing::warn!(%error, "publishing an event failed");
+    }
 }
 
 /// The egress policy exists only while the team has an allow-list.
