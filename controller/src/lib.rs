@@ -9,7 +9,9 @@ pub mod crd;
 mod error;
 pub mod leader;
 pub mod metrics;
+pub mod quantity;
 pub mod team;
+pub mod workspace;
 
 pub use error::{Error, Result};
 

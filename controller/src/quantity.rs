@@ -49,35 +49,22 @@ pub fn parse(input: &str) -> Result<Milli, QuantityError> {
         b'+' => &input[1..],
         _ => input,
     };
-    let number_len = unsigned
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(unsigned.len());
+    let number_len = unsigned.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(unsigned.len());
     let (number, suffix) = unsigned.split_at(number_len);
     let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
     if (whole.is_empty() && fraction.is_empty()) || fraction.contains('.') {
         return Err(QuantityError::NotANumber(input.into()));
     }
     let too_large = || QuantityError::TooLarge(input.into());
-    let mantissa = format!("{whole}{fraction}")
-        .parse::<i128>()
-        .map_err(|_| too_large())?;
-    let (binary_power, decimal_exponent) = suffix_scale(suffix).ok_or_else(|| {
-        QuantityError::UnknownSuffix {
-            input: input.into(),
-            suffix: suffix.into(),
-        }
-    })?;
+    let mantissa = format!("{whole}{fraction}").parse::<i128>().map_err(|_| too_large())?;
+    let (binary_power, decimal_exponent) = suffix_scale(suffix)
+        .ok_or_else(|| QuantityError::UnknownSuffix { input: input.into(), suffix: suffix.into() })?;
     // value = mantissa × 10^-len(fraction) × 1024^binary_power × 10^decimal_exponent, in
     // thousandths: multiply by 10^3 as well.
-    let scaled = 1024_i128
-        .checked_pow(binary_power)
-        .and_then(|b| mantissa.checked_mul(b))
-        .ok_or_else(too_large)?;
+    let scaled = 1024_i128.checked_pow(binary_power).and_then(|b| mantissa.checked_mul(b)).ok_or_else(too_large)?;
     let fraction_digits = i32::try_from(fraction.len()).map_err(|_| too_large())?;
-    let exponent = decimal_exponent
-        .checked_add(3)
-        .and_then(|e| e.checked_sub(fraction_digits))
-        .ok_or_else(too_large)?;
+    let exponent =
+        decimal_exponent.checked_add(3).and_then(|e| e.checked_sub(fraction_digits)).ok_or_else(too_large)?;
     if exponent >= 0 {
         10_i128
             .checked_pow(exponent.unsigned_abs())
@@ -87,7 +74,7 @@ pub fn parse(input: &str) -> Result<Milli, QuantityError> {
     } else {
         // Finer than a thousandth: round up, as Kubernetes does.
         Ok(Milli(match 10_i128.checked_pow(exponent.unsigned_abs()) {
-            Some(divisor) => (scaled + divisor - 1) / divisor,
+            Some(divisor) => scaled / divisor + i128::from(scaled % divisor != 0),
             None => i128::from(scaled > 0),
         }))
     }
