@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod apply;
 pub mod conditions;
 pub mod crd;
 mod error;

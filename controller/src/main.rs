@@ -7,6 +7,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use deskpod_controller::metrics::Metrics;
 use deskpod_controller::team::{reconcile, render::TeamSettings};
+use deskpod_controller::workspace::{
+    self,
+    render::{ForwardAuth, RouteMode, RouteSettings},
+};
 use deskpod_controller::{admin, crd, leader};
 
 #[derive(Parser)]
@@ -24,7 +28,7 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out_dir: Option<PathBuf>,
     },
-    /// Reconcile Teams into namespaces (uses the in-cluster config or $KUBECONFIG).
+    /// Reconcile Teams and Workspaces (uses the in-cluster config or $KUBECONFIG).
     Run {
         /// Namespaces always allowed to reach team pods (the portal's, the ingress controller's).
         #[arg(long = "trusted-namespace", value_name = "NAMESPACE", default_value = "deskpod-system")]
@@ -36,15 +40,56 @@ enum Command {
         /// The replica's identity is $POD_NAME, else $HOSTNAME, plus the process id.
         #[arg(long, value_name = "NAMESPACE/NAME", value_parser = parse_lease)]
         leader_elect: Option<(String, String)>,
+        #[command(flatten)]
+        route: RouteArgs,
     },
+}
+
+/// How desktops are reached from browsers.
+#[derive(clap::Args)]
+struct RouteArgs {
+    /// Domain desktops are served under: `<workspace>.<team>.<domain>` (host mode) or
+    /// `<domain>/workspaces/<team>/<workspace>/` (path mode).
+    #[arg(long, value_name = "DOMAIN", default_value = "deskpod.localhost")]
+    base_domain: String,
+    /// One host per workspace, or one path per workspace on the base domain.
+    #[arg(long, value_enum, default_value = "host")]
+    route_mode: RouteModeArg,
+    /// IngressClass of the workspace Ingresses; the cluster's default class when unset.
+    #[arg(long, value_name = "CLASS")]
+    ingress_class: Option<String>,
+    /// Secret (in each team namespace) with the TLS certificate for the workspace hosts.
+    #[arg(long, value_name = "SECRET")]
+    tls_secret: Option<String>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RouteModeArg {
+    Host,
+    Path,
+}
+
+impl RouteArgs {
+    fn settings(self) -> RouteSettings {
+        RouteSettings {
+            base_domain: self.base_domain,
+            mode: match self.route_mode {
+                RouteModeArg::Host => RouteMode::Host,
+                RouteModeArg::Path => RouteMode::Path,
+            },
+            ingress_class: self.ingress_class,
+            tls_secret: self.tls_secret,
+            auth: ForwardAuth::None,
+        }
+    }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crd { out_dir } => print_crds(out_dir),
-        Command::Run { trusted_namespaces, admin_listen, leader_elect } => {
-            run(trusted_namespaces, admin_listen, leader_elect).await
+        Command::Run { trusted_namespaces, admin_listen, leader_elect, route } => {
+            run(trusted_namespaces, admin_listen, leader_elect, route.settings()).await
         }
     }
 }
@@ -53,6 +98,7 @@ async fn run(
     trusted_namespaces: Vec<String>,
     admin_listen: std::net::SocketAddr,
     leader_elect: Option<(String, String)>,
+    route: RouteSettings,
 ) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
@@ -69,10 +115,14 @@ async fn run(
         }
     });
 
-    let ctx = reconcile::Context::new(client.clone(), TeamSettings { trusted_namespaces }, metrics);
+    let teams = reconcile::Context::new(client.clone(), TeamSettings { trusted_namespaces }, metrics.clone());
+    let workspaces = workspace::reconcile::Context::new(client.clone(), route, metrics);
     let controllers = async {
-        tracing::info!("deskpod-controller reconciling Teams");
-        reconcile::run(std::sync::Arc::new(ctx)).await;
+        tracing::info!("deskpod-controller reconciling Teams and Workspaces");
+        tokio::join!(
+            reconcile::run(std::sync::Arc::new(teams)),
+            workspace::reconcile::run(std::sync::Arc::new(workspaces))
+        );
     };
     match leader_elect {
         None => controllers.await,

@@ -1,64 +1,19 @@
 //! The Team controller against the real test cluster, running as a user that holds only the
 //! chart's ClusterRole (not cluster-admin).
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
+use common::{WAIT, start_controllers};
 use deskpod_controller::api::{Team, Workspace};
-use deskpod_controller::metrics::Metrics;
-use deskpod_controller::team::reconcile::{self, Context};
-use deskpod_controller::team::render::TeamSettings;
-use deskpod_testsupport::{TestCluster, TestNamespace, client_from_kubeconfig, repo_root, wait_deleted, wait_for};
+use deskpod_testsupport::{TestCluster, wait_deleted, wait_for};
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, Pod, ResourceQuota, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
-use prometheus_client::registry::Registry;
 use serde_json::json;
-
-const WAIT: Duration = Duration::from_secs(60);
-
-/// Binds the chart's ClusterRole to a fresh client-certificate user and starts the Team
-/// controller as that user. The returned handle stops it when dropped.
-async fn start_controller(ns: &TestNamespace) -> (tokio::task::JoinHandle<()>, Registry) {
-    // The controller's logs appear with a failing test's output.
-    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("deskpod_controller=debug").try_init();
-    let admin = &ns.client;
-    let text = std::fs::read_to_string(repo_root().join("charts/deskpod/templates/controller-clusterrole.yaml"))
-        .expect("chart ClusterRole");
-    let role: ClusterRole = serde_yaml_ng::from_str(&text).expect("ClusterRole YAML");
-    Api::<ClusterRole>::all(admin.clone())
-        .patch("deskpod-controller", &PatchParams::apply("deskpod-tests").force(), &Patch::Apply(&role))
-        .await
-        .expect("install chart ClusterRole");
-    let user = format!("{}-controller", ns.name);
-    let binding: ClusterRoleBinding = serde_json::from_value(json!({
-        "metadata": { "name": user },
-        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "deskpod-controller" },
-        "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user }]
-    }))
-    .unwrap();
-    Api::<ClusterRoleBinding>::all(admin.clone()).create(&PostParams::default(), &binding).await.expect("bind");
-    let kubeconfig = TestCluster::shared().user_kubeconfig(&user, &[]).expect("controller user");
-    let client = client_from_kubeconfig(&kubeconfig).await.expect("controller client");
-    wait_until_allowed(&client).await;
-    let settings = TeamSettings { trusted_namespaces: vec!["deskpod-system".into()] };
-    let mut registry = Registry::default();
-    let metrics = Metrics::register(&mut registry);
-    let ctx = Context::new(client, settings, metrics);
-    (tokio::spawn(reconcile::run(Arc::new(ctx))), registry)
-}
-
-/// RBAC bindings reach the authorizer through an informer; wait until ours is honoured.
-async fn wait_until_allowed(client: &Client) {
-    let teams: Api<Team> = Api::all(client.clone());
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while let Err(e) = teams.list(&Default::default()).await {
-        assert!(tokio::time::Instant::now() < deadline, "the controller's ClusterRoleBinding never took effect: {e}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// Waits (bounded) for an Event with `reason` about the named object.
 async fn wait_for_event(
@@ -89,7 +44,7 @@ fn in_seconds(secs: i64) -> String {
 #[tokio::test]
 async fn team_becomes_an_isolated_namespace_and_goes_away_with_it() {
     let ns = TestCluster::shared().namespace("teamctl").await.expect("test namespace");
-    let (controller, registry) = start_controller(&ns).await;
+    let (controller, registry) = start_controllers(&ns).await;
     let admin = ns.client.clone();
     let team_name = format!("{}-t", ns.name);
     let team_ns = format!("team-{team_name}");

@@ -18,12 +18,11 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::render::{self, TEAM_LABEL, TeamSettings};
 use crate::api::{Team, TeamStatus, Workspace};
+use crate::apply::apply;
 use crate::metrics::{Metrics, backoff_delay};
 use crate::{Error, FIELD_MANAGER, Result, conditions};
 
@@ -51,20 +50,6 @@ const CONTROLLER: &str = "team";
 
 fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
-}
-
-/// Server-side apply of a namespaced object.
-async fn apply<K>(client: &Client, obj: &K) -> Result<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
-    K::DynamicType: Default,
-{
-    let ns = obj.meta().namespace.as_deref().expect("rendered namespaced objects carry their namespace");
-    let name = obj.meta().name.as_deref().expect("rendered objects are named");
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
-    api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(obj)).await.map_err(|source| {
-        Error::Apply { kind: K::kind(&Default::default()).into_owned(), name: name.to_string(), source }
-    })
 }
 
 /// Reconciles one Team, recording how long it took.

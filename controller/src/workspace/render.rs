@@ -132,7 +132,8 @@ pub struct Invalid {
 }
 
 impl Invalid {
-    fn new(reason: &'static str, message: String) -> Self {
+    /// An invalid-spec finding: a CamelCase reason and a message for the user.
+    pub fn new(reason: &'static str, message: String) -> Self {
         Invalid { reason, message }
     }
 }

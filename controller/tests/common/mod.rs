@@ -1,0 +1,79 @@
+//! Shared by the controller's integration tests: run the real controllers as a least-privilege
+//! user against the test cluster.
+#![allow(dead_code)] // each test binary uses a part
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deskpod_controller::api::Team;
+use deskpod_controller::metrics::Metrics;
+use deskpod_controller::team::reconcile::{self, Context};
+use deskpod_controller::team::render::TeamSettings;
+use deskpod_controller::workspace::{
+    self,
+    render::{ForwardAuth, RouteMode, RouteSettings},
+};
+use deskpod_testsupport::{TestCluster, TestNamespace, client_from_kubeconfig, repo_root};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use prometheus_client::registry::Registry;
+use serde_json::json;
+
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// Where test workspaces are routed: host mode under a test domain.
+pub fn route_settings() -> RouteSettings {
+    RouteSettings {
+        base_domain: "desk.test".into(),
+        mode: RouteMode::Host,
+        ingress_class: None,
+        tls_secret: None,
+        auth: ForwardAuth::None,
+    }
+}
+
+/// Binds the chart's ClusterRole to a fresh client-certificate user and starts the Team and
+/// Workspace controllers as that user. Abort the returned handle to stop them.
+pub async fn start_controllers(ns: &TestNamespace) -> (tokio::task::JoinHandle<()>, Registry) {
+    // The controller's logs appear with a failing test's output.
+    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("deskpod_controller=debug").try_init();
+    let admin = &ns.client;
+    let text = std::fs::read_to_string(repo_root().join("charts/deskpod/templates/controller-clusterrole.yaml"))
+        .expect("chart ClusterRole");
+    let role: ClusterRole = serde_yaml_ng::from_str(&text).expect("ClusterRole YAML");
+    Api::<ClusterRole>::all(admin.clone())
+        .patch("deskpod-controller", &PatchParams::apply("deskpod-tests").force(), &Patch::Apply(&role))
+        .await
+        .expect("install chart ClusterRole");
+    let user = format!("{}-controller", ns.name);
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": { "name": user },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "deskpod-controller" },
+        "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user }]
+    }))
+    .unwrap();
+    Api::<ClusterRoleBinding>::all(admin.clone()).create(&PostParams::default(), &binding).await.expect("bind");
+    let kubeconfig = TestCluster::shared().user_kubeconfig(&user, &[]).expect("controller user");
+    let client = client_from_kubeconfig(&kubeconfig).await.expect("controller client");
+    wait_until_allowed(&client).await;
+    let settings = TeamSettings { trusted_namespaces: vec!["deskpod-system".into()] };
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let teams = Context::new(client.clone(), settings, metrics.clone());
+    let workspaces = workspace::reconcile::Context::new(client, route_settings(), metrics);
+    let task = tokio::spawn(async move {
+        tokio::join!(reconcile::run(Arc::new(teams)), workspace::reconcile::run(Arc::new(workspaces)));
+    });
+    (task, registry)
+}
+
+/// RBAC bindings reach the authorizer through an informer; wait until ours is honoured.
+pub async fn wait_until_allowed(client: &Client) {
+    let teams: Api<Team> = Api::all(client.clone());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while let Err(e) = teams.list(&Default::default()).await {
+        assert!(tokio::time::Instant::now() < deadline, "the controller's ClusterRoleBinding never took effect: {e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

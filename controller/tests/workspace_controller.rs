@@ -1,0 +1,152 @@
+//! The Workspace controller against the real test cluster, running with only the chart's
+//! ClusterRole: desktops start, stop and start again on the same home volume, a quota denial is
+//! shown on the Workspace and clears by itself when capacity frees, and invalid specs create
+//! nothing.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{WAIT, start_controllers};
+use deskpod_controller::api::{Team, Workspace, WorkspacePhase, WorkspaceTemplate};
+use deskpod_controller::workspace::render;
+use deskpod_testsupport::{TestCluster, wait_deleted, wait_for};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+fn condition<'a>(
+    ws: &'a Workspace,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    ws.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
+}
+
+fn phase_is(phase: WorkspacePhase) -> impl Fn(Option<&Workspace>) -> bool {
+    move |ws| ws.and_then(|w| w.status.as_ref()).is_some_and(|s| s.phase == phase)
+}
+
+fn quota_exceeded(ws: Option<&Workspace>) -> bool {
+    ws.and_then(|w| condition(w, "QuotaExceeded")).is_some_and(|c| c.status == "True")
+}
+
+async fn set_running(api: &Api<Workspace>, name: &str, running: bool) {
+    api.patch(name, &PatchParams::default(), &Patch::Merge(json!({ "spec": { "running": running } })))
+        .await
+        .expect("patch running");
+}
+
+fn workspace(name: &str, template: &str, extra: serde_json::Value) -> Workspace {
+    let mut spec = json!({ "owner": "alice@example.com", "template": template });
+    spec.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    serde_json::from_value(json!({
+        "apiVersion": "deskpod.io/v1alpha1", "kind": "Workspace", "metadata": { "name": name }, "spec": spec
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn workspaces_run_stop_start_on_the_same_home_and_wait_for_quota() {
+    let ns = TestCluster::shared().namespace("wsctl").await.expect("test namespace");
+    let (controllers, _registry) = start_controllers(&ns).await;
+    let admin = ns.client.clone();
+    let team_name = format!("{}-w", ns.name);
+    let team_ns = format!("team-{team_name}");
+    let template_name = format!("{}-py", ns.name);
+
+    let team: Team = serde_json::from_value(json!({
+        "apiVersion": "deskpod.io/v1alpha1", "kind": "Team", "metadata": { "name": team_name },
+        "spec": { "quota": { "pods": 1, "cpu": "4", "memory": "8Gi", "workspaces": 5 }, "limits": { "maxMemory": "4Gi" } }
+    }))
+    .unwrap();
+    Api::<Team>::all(admin.clone()).create(&PostParams::default(), &team).await.expect("create team");
+    let template: WorkspaceTemplate = serde_json::from_value(json!({
+        "apiVersion": "deskpod.io/v1alpha1", "kind": "WorkspaceTemplate", "metadata": { "name": template_name },
+        "spec": { "displayName": "Python", "image": "deskpod/python:latest", "homeSize": "1Gi",
+                  "resources": { "cpuRequest": "500m", "cpuLimit": "1", "memoryRequest": "512Mi", "memoryLimit": "1Gi" } }
+    }))
+    .unwrap();
+    Api::<WorkspaceTemplate>::all(admin.clone()).create(&PostParams::default(), &template).await.expect("template");
+    wait_for(
+        &Api::<Team>::all(admin.clone()),
+        &team_name,
+        "Team Ready",
+        Duration::from_secs(90),
+        |t: Option<&Team>| {
+            t.and_then(|t| t.status.as_ref())
+                .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        },
+    )
+    .await
+    .expect("team ready");
+
+    let workspaces: Api<Workspace> = Api::namespaced(admin.clone(), &team_ns);
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), &team_ns);
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(admin.clone(), &team_ns);
+    let pp = PostParams::default();
+
+    // One: created, running, reachable.
+    workspaces.create(&pp, &workspace("one", &template_name, json!({}))).await.expect("create one");
+    let one =
+        wait_for(&workspaces, "one", "one Running", WAIT, phase_is(WorkspacePhase::Running)).await.expect("one runs");
+    assert_eq!(
+        one.status.as_ref().unwrap().url.as_deref(),
+        Some(format!("http://one.{team_name}.desk.test/").as_str())
+    );
+    assert_eq!(condition(&one, "Ready").unwrap().status, "True");
+    Api::<Secret>::namespaced(admin.clone(), &team_ns).get(&render::vnc_secret_name("one")).await.expect("secret");
+    Api::<Service>::namespaced(admin.clone(), &team_ns).get(&render::service_name("one")).await.expect("service");
+    Api::<Ingress>::namespaced(admin.clone(), &team_ns).get(&render::ingress_name("one")).await.expect("ingress");
+    let home_uid = claims.get(&render::home_pvc_name("one")).await.expect("home").metadata.uid;
+
+    // Two: the team's quota admits one pod; two waits, and says why.
+    workspaces.create(&pp, &workspace("two", &template_name, json!({}))).await.expect("create two");
+    let two = wait_for(&workspaces, "two", "two QuotaExceeded", WAIT, quota_exceeded).await.expect("quota shown");
+    let message = &condition(&two, "QuotaExceeded").unwrap().message;
+    assert!(message.contains("exceeded quota: deskpod-team"), "the API server's reason is shown: {message}");
+    assert!(two.status.as_ref().unwrap().message.as_deref().unwrap_or_default().contains("waiting for team capacity"));
+    assert!(pods.get_opt(&render::pod_name("two")).await.unwrap().is_none(), "no pod for two");
+
+    // Stopping one frees the capacity: two starts without anyone touching it.
+    set_running(&workspaces, "one", false).await;
+    wait_for(&workspaces, "one", "one Stopped", WAIT, phase_is(WorkspacePhase::Stopped)).await.expect("one stops");
+    assert!(pods.get_opt(&render::pod_name("one")).await.unwrap().is_none(), "one's pod is gone");
+    assert_eq!(claims.get(&render::home_pvc_name("one")).await.expect("home kept").metadata.uid, home_uid);
+    wait_for(&workspaces, "two", "two Running", WAIT, phase_is(WorkspacePhase::Running)).await.expect("two starts");
+    let two = workspaces.get("two").await.unwrap();
+    assert_eq!(condition(&two, "QuotaExceeded").unwrap().status, "False", "the denial clears");
+
+    // Starting one again waits for two; deleting two lets one run again on the same home.
+    set_running(&workspaces, "one", true).await;
+    wait_for(&workspaces, "one", "one QuotaExceeded", WAIT, quota_exceeded).await.expect("one waits");
+    workspaces.delete("two", &DeleteParams::background()).await.expect("delete two");
+    wait_for(&workspaces, "one", "one Running again", WAIT, phase_is(WorkspacePhase::Running))
+        .await
+        .expect("one restarts");
+    let pod = pods.get(&render::pod_name("one")).await.expect("one's new pod");
+    let mounted = pod.spec.unwrap().volumes.unwrap_or_default().into_iter().find_map(|v| v.persistent_volume_claim);
+    assert_eq!(mounted.map(|c| c.claim_name), Some(render::home_pvc_name("one")));
+    assert_eq!(claims.get(&render::home_pvc_name("one")).await.unwrap().metadata.uid, home_uid, "same home volume");
+    wait_deleted(&claims, &render::home_pvc_name("two"), "two's home reclaimed", WAIT).await.expect("Delete policy");
+
+    // Invalid specs: a clear reason on the Workspace, and nothing created.
+    let cases = [
+        ("nope", workspace("nope", "no-such-template", json!({})), "TemplateNotFound"),
+        ("big", workspace("big", &template_name, json!({ "resources": { "memoryLimit": "16Gi" } })), "OverTeamLimit"),
+    ];
+    for (name, ws, reason) in cases {
+        workspaces.create(&pp, &ws).await.expect("create invalid workspace");
+        let failed = wait_for(&workspaces, name, "Failed", WAIT, phase_is(WorkspacePhase::Failed)).await.expect(reason);
+        let ready = condition(&failed, "Ready").unwrap();
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", reason), "{}", ready.message);
+        assert!(pods.get_opt(&render::pod_name(name)).await.unwrap().is_none(), "{name}: no pod");
+        assert!(claims.get_opt(&render::home_pvc_name(name)).await.unwrap().is_none(), "{name}: no volume");
+    }
+    let big = workspaces.get("big").await.unwrap();
+    assert!(big.status.unwrap().message.unwrap_or_default().contains("16Gi"), "the message names the value");
+
+    Api::<Team>::all(admin.clone()).delete(&team_name, &DeleteParams::background()).await.expect("delete team");
+    Api::<WorkspaceTemplate>::all(admin).delete(&template_name, &DeleteParams::default()).await.expect("delete tpl");
+    controllers.abort();
+}
