@@ -150,3 +150,109 @@ async fn workspaces_run_stop_start_on_the_same_home_and_wait_for_quota() {
     Api::<WorkspaceTemplate>::all(admin).delete(&template_name, &DeleteParams::default()).await.expect("delete tpl");
     controllers.abort();
 }
+
+#[tokio::test]
+async fn stop_then_start_twenty_times_never_mounts_the_home_twice() {
+    use futures::StreamExt;
+    use kube::runtime::watcher;
+    use std::collections::{HashMap, HashSet};
+    use std::sync::{Arc, Mutex};
+
+    let ns = TestCluster::shared().namespace("wsflip").await.expect("test namespace");
+    let (controllers, _registry) = start_controllers(&ns).await;
+    let admin = ns.client.clone();
+    let team_name = format!("{}-f", ns.name);
+    let team_ns = format!("team-{team_name}");
+    let template_name = format!("{}-py", ns.name);
+    let team: Team = serde_json::from_value(json!({
+        "apiVersion": "deskpod.io/v1alpha1", "kind": "Team", "metadata": { "name": team_name }, "spec": {}
+    }))
+    .unwrap();
+    Api::<Team>::all(admin.clone()).create(&PostParams::default(), &team).await.expect("create team");
+    let template: WorkspaceTemplate = serde_json::from_value(json!({
+        "apiVersion": "deskpod.io/v1alpha1", "kind": "WorkspaceTemplate", "metadata": { "name": template_name },
+        "spec": { "displayName": "Python", "image": "deskpod/python:latest", "homeSize": "1Gi" }
+    }))
+    .unwrap();
+    Api::<WorkspaceTemplate>::all(admin.clone()).create(&PostParams::default(), &template).await.expect("template");
+    wait_for(
+        &Api::<Team>::all(admin.clone()),
+        &team_name,
+        "Team Ready",
+        Duration::from_secs(90),
+        |t: Option<&Team>| {
+            t.and_then(|t| t.status.as_ref())
+                .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        },
+    )
+    .await
+    .expect("team ready");
+
+    // Watch every pod of the namespace throughout: which pods exist (terminating ones too) and
+    // which claim each mounts. Record the most pods ever seen mounting the home at once.
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), &team_ns);
+    let home = render::home_pvc_name("flip");
+    let seen_uids = Arc::new(Mutex::new(HashSet::new()));
+    let most_at_once = Arc::new(Mutex::new(0usize));
+    let watch = {
+        let (pods, home, seen_uids, most_at_once) =
+            (pods.clone(), home.clone(), seen_uids.clone(), most_at_once.clone());
+        tokio::spawn(async move {
+            let mut live: HashMap<String, bool> = HashMap::new();
+            let mut events = watcher(pods, watcher::Config::default()).boxed();
+            while let Some(Ok(event)) = events.next().await {
+                let mounts_home = |p: &Pod| {
+                    p.spec
+                        .iter()
+                        .flat_map(|s| s.volumes.iter().flatten())
+                        .any(|v| v.persistent_volume_claim.as_ref().is_some_and(|c| c.claim_name == home))
+                };
+                match event {
+                    watcher::Event::Apply(p) | watcher::Event::InitApply(p) => {
+                        let uid = p.metadata.uid.clone().unwrap_or_default();
+                        seen_uids.lock().unwrap().insert(uid.clone());
+                        live.insert(uid, mounts_home(&p));
+                    }
+                    watcher::Event::Delete(p) => {
+                        live.remove(&p.metadata.uid.clone().unwrap_or_default());
+                    }
+                    watcher::Event::Init | watcher::Event::InitDone => {}
+                }
+                let now = live.values().filter(|m| **m).count();
+                let mut most = most_at_once.lock().unwrap();
+                *most = (*most).max(now);
+            }
+        })
+    };
+
+    let workspaces: Api<Workspace> = Api::namespaced(admin.clone(), &team_ns);
+    workspaces.create(&PostParams::default(), &workspace("flip", &template_name, json!({}))).await.expect("create");
+    wait_for(&workspaces, "flip", "Running", WAIT, phase_is(WorkspacePhase::Running)).await.expect("runs");
+    let pod_name = render::pod_name("flip");
+    for round in 0..20 {
+        let old_uid = pods.get(&pod_name).await.expect("the running pod").metadata.uid;
+        set_running(&workspaces, "flip", false).await;
+        // The controller has started stopping: the pod is terminating or gone. Start at once,
+        // while the old pod may still exist.
+        wait_for(&pods, &pod_name, "pod stopping", WAIT, |p: Option<&Pod>| {
+            p.is_none_or(|p| p.metadata.deletion_timestamp.is_some())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        set_running(&workspaces, "flip", true).await;
+        wait_for(&pods, &pod_name, "a new pod Running", WAIT, |p: Option<&Pod>| {
+            p.is_some_and(|p| {
+                p.metadata.uid != old_uid && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+            })
+        })
+        .await
+        .unwrap_or_else(|e| panic!("round {round}: {e}"));
+    }
+    watch.abort();
+    assert_eq!(*most_at_once.lock().unwrap(), 1, "two pods mounted the home volume at the same time");
+    assert_eq!(seen_uids.lock().unwrap().len(), 21, "each start made a new pod (the test did restart it 20 times)");
+
+    Api::<Team>::all(admin.clone()).delete(&team_name, &DeleteParams::background()).await.expect("delete team");
+    Api::<WorkspaceTemplate>::all(admin).delete(&template_name, &DeleteParams::default()).await.expect("delete tpl");
+    controllers.abort();
+}
