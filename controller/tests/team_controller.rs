@@ -43,6 +43,7 @@ fn in_seconds(secs: i64) -> String {
 
 #[tokio::test]
 async fn team_becomes_an_isolated_namespace_and_goes_away_with_it() {
+    let _one_controller = common::ONE_CONTROLLER.lock().await;
     let ns = TestCluster::shared().namespace("teamctl").await.expect("test namespace");
     let (controller, registry) = start_controllers(&ns).await;
     let admin = ns.client.clone();

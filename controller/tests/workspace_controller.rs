@@ -48,6 +48,7 @@ fn workspace(name: &str, template: &str, extra: serde_json::Value) -> Workspace 
 
 #[tokio::test]
 async fn workspaces_run_stop_start_on_the_same_home_and_wait_for_quota() {
+    let _one_controller = common::ONE_CONTROLLER.lock().await;
     let ns = TestCluster::shared().namespace("wsctl").await.expect("test namespace");
     let (controllers, _registry) = start_controllers(&ns).await;
     let admin = ns.client.clone();
@@ -153,6 +154,7 @@ async fn workspaces_run_stop_start_on_the_same_home_and_wait_for_quota() {
 
 #[tokio::test]
 async fn stop_then_start_twenty_times_never_mounts_the_home_twice() {
+    let _one_controller = common::ONE_CONTROLLER.lock().await;
     use futures::StreamExt;
     use kube::runtime::watcher;
     use std::collections::{HashMap, HashSet};
@@ -251,6 +253,111 @@ async fn stop_then_start_twenty_times_never_mounts_the_home_twice() {
     watch.abort();
     assert_eq!(*most_at_once.lock().unwrap(), 1, "two pods mounted the home volume at the same time");
     assert_eq!(seen_uids.lock().unwrap().len(), 21, "each start made a new pod (the test did restart it 20 times)");
+
+    Api::<Team>::all(admin.clone()).delete(&team_name, &DeleteParams::background()).await.expect("delete team");
+    Api::<WorkspaceTemplate>::all(admin).delete(&template_name, &DeleteParams::default()).await.expect("delete tpl");
+    controllers.abort();
+}
+
+#[tokio::test]
+async fn killed_ten_times_while_twenty_workspaces_are_created_it_converges_without_orphans() {
+    let _one_controller = common::ONE_CONTROLLER.lock().await;
+    use common::{controller_client, spawn_controllers};
+    use std::collections::BTreeMap;
+
+    let ns = TestCluster::shared().namespace("wscrash").await.expect("test namespace");
+    let client = controller_client(&ns).await;
+    let admin = ns.client.clone();
+    let team_name = format!("{}-c", ns.name);
+    let team_ns = format!("team-{team_name}");
+    let template_name = format!("{}-py", ns.name);
+    let (mut controllers, _) = spawn_controllers(client.clone());
+    let team: Team = serde_json::from_value(json!({
+        "apiVersion": "deskpod.io/v1alpha1", "kind": "Team", "metadata": { "name": team_name }, "spec": {}
+    }))
+    .unwrap();
+    Api::<Team>::all(admin.clone()).create(&PostParams::default(), &team).await.expect("create team");
+    let template: WorkspaceTemplate = serde_json::from_value(json!({
+        "apiVersion": "deskpod.io/v1alpha1", "kind": "WorkspaceTemplate", "metadata": { "name": template_name },
+        "spec": { "displayName": "Python", "image": "deskpod/python:latest", "homeSize": "1Gi" }
+    }))
+    .unwrap();
+    Api::<WorkspaceTemplate>::all(admin.clone()).create(&PostParams::default(), &template).await.expect("template");
+    wait_for(
+        &Api::<Team>::all(admin.clone()),
+        &team_name,
+        "Team Ready",
+        Duration::from_secs(90),
+        |t: Option<&Team>| {
+            t.and_then(|t| t.status.as_ref())
+                .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        },
+    )
+    .await
+    .expect("team ready");
+
+    // Twenty workspaces arrive over about a second, while the controller is killed (its task
+    // dropped mid-request, as a killed process would be) and restarted ten times at random moments.
+    let workspaces: Api<Workspace> = Api::namespaced(admin.clone(), &team_ns);
+    let names: Vec<String> = (0..20).map(|i| format!("ws{i:02}")).collect();
+    let creator = {
+        let (workspaces, names, template_name) = (workspaces.clone(), names.clone(), template_name.clone());
+        tokio::spawn(async move {
+            for name in names {
+                workspaces
+                    .create(&PostParams::default(), &workspace(&name, &template_name, json!({})))
+                    .await
+                    .expect("create");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let mut random = [0u8; 10];
+    getrandom::fill(&mut random).expect("random delays");
+    for byte in random {
+        tokio::time::sleep(Duration::from_millis(20 + u64::from(byte))).await;
+        controllers.abort();
+        let _ = controllers.await;
+        controllers = spawn_controllers(client.clone()).0;
+    }
+    creator.await.expect("all workspaces created");
+
+    for name in &names {
+        wait_for(&workspaces, name, "Running after the restarts", WAIT, phase_is(WorkspacePhase::Running))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    // Exactly one of each object per workspace, and none belonging to no workspace.
+    let label = render::WORKSPACE_LABEL;
+    let params = kube::api::ListParams::default().labels(label);
+    let count = |items: Vec<Option<String>>| {
+        let mut per: BTreeMap<String, usize> = BTreeMap::new();
+        for ws in items.into_iter().flatten() {
+            *per.entry(ws).or_default() += 1;
+        }
+        per
+    };
+    let expected: BTreeMap<String, usize> = names.iter().map(|n| (n.clone(), 1)).collect();
+    let label_of = |m: &kube::api::ObjectMeta| m.labels.as_ref().and_then(|l| l.get(label).cloned());
+    macro_rules! per_workspace {
+        ($kind:ty) => {
+            count(
+                Api::<$kind>::namespaced(admin.clone(), &team_ns)
+                    .list(&params)
+                    .await
+                    .expect("list")
+                    .items
+                    .iter()
+                    .map(|o| label_of(&o.metadata))
+                    .collect(),
+            )
+        };
+    }
+    assert_eq!(per_workspace!(Pod), expected, "pods");
+    assert_eq!(per_workspace!(PersistentVolumeClaim), expected, "home volumes");
+    assert_eq!(per_workspace!(Secret), expected, "secrets");
+    assert_eq!(per_workspace!(Service), expected, "services");
+    assert_eq!(per_workspace!(Ingress), expected, "ingresses");
 
     Api::<Team>::all(admin.clone()).delete(&team_name, &DeleteParams::background()).await.expect("delete team");
     Api::<WorkspaceTemplate>::all(admin).delete(&template_name, &DeleteParams::default()).await.expect("delete tpl");

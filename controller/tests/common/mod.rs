@@ -22,6 +22,11 @@ use serde_json::json;
 
 pub const WAIT: Duration = Duration::from_secs(60);
 
+/// Held by every test that runs controllers. The controllers watch all namespaces, so two tests
+/// running at once would mean two controller instances acting on the same objects — what leader
+/// election prevents in production.
+pub static ONE_CONTROLLER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Where test workspaces are routed: host mode under a test domain.
 pub fn route_settings() -> RouteSettings {
     RouteSettings {
@@ -36,6 +41,11 @@ pub fn route_settings() -> RouteSettings {
 /// Binds the chart's ClusterRole to a fresh client-certificate user and starts the Team and
 /// Workspace controllers as that user. Abort the returned handle to stop them.
 pub async fn start_controllers(ns: &TestNamespace) -> (tokio::task::JoinHandle<()>, Registry) {
+    spawn_controllers(controller_client(ns).await)
+}
+
+/// A client for a fresh user bound only to the chart's ClusterRole.
+pub async fn controller_client(ns: &TestNamespace) -> Client {
     // The controller's logs appear with a failing test's output.
     let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("deskpod_controller=debug").try_init();
     let admin = &ns.client;
@@ -57,6 +67,11 @@ pub async fn start_controllers(ns: &TestNamespace) -> (tokio::task::JoinHandle<(
     let kubeconfig = TestCluster::shared().user_kubeconfig(&user, &[]).expect("controller user");
     let client = client_from_kubeconfig(&kubeconfig).await.expect("controller client");
     wait_until_allowed(&client).await;
+    client
+}
+
+/// Starts the Team and Workspace controllers with `client`, as a fresh process would.
+pub fn spawn_controllers(client: Client) -> (tokio::task::JoinHandle<()>, Registry) {
     let settings = TeamSettings { trusted_namespaces: vec!["deskpod-system".into()] };
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
