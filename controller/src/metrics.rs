@@ -1,6 +1,8 @@
 //! The controller's Prometheus metrics, registered into a registry the caller owns (the binary
 //! serves one on the admin port; tests make their own).
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -58,6 +60,25 @@ impl Metrics {
     }
 }
 
+/// Consecutive failures per object (keyed by `namespace/name` or name), for [`backoff_delay`].
+#[derive(Debug, Default)]
+pub struct Backoff(Mutex<HashMap<String, u32>>);
+
+impl Backoff {
+    /// Counts a failure of `key`; returns how many in a row and how long to wait.
+    pub fn failed(&self, key: String) -> (u32, Duration) {
+        let mut counts = self.0.lock().expect("backoff counts lock");
+        let n = counts.entry(key).or_default();
+        *n = n.saturating_add(1);
+        (*n, backoff_delay(*n))
+    }
+
+    /// Forgets the failures of `key` after a successful reconcile.
+    pub fn succeeded(&self, key: &str) {
+        self.0.lock().expect("backoff counts lock").remove(key);
+    }
+}
+
 /// How long to wait before retrying an object that failed `failures` times in a row: 5 s,
 /// doubling, at most 5 minutes. Transient errors retry quickly; a stuck object does not spin.
 pub fn backoff_delay(failures: u32) -> Duration {
@@ -73,6 +94,16 @@ mod tests {
     fn backoff_doubles_from_five_seconds_and_stops_at_five_minutes() {
         let delays: Vec<u64> = [1, 2, 3, 4, 5, 6, 7, 100, u32::MAX].map(|n| backoff_delay(n).as_secs()).to_vec();
         assert_eq!(delays, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+    }
+
+    #[test]
+    fn backoff_grows_per_object_and_resets_on_success() {
+        let backoff = Backoff::default();
+        assert_eq!(backoff.failed("a".into()), (1, Duration::from_secs(5)));
+        assert_eq!(backoff.failed("a".into()), (2, Duration::from_secs(10)));
+        assert_eq!(backoff.failed("b".into()), (1, Duration::from_secs(5)), "counted per object");
+        backoff.succeeded("a");
+        assert_eq!(backoff.failed("a".into()), (1, Duration::from_secs(5)));
     }
 
     #[test]

@@ -7,8 +7,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{WAIT, start_controllers};
-use deskpod_controller::api::{Team, Workspace, WorkspacePhase, WorkspaceTemplate};
+use common::{WAIT, start_controllers, team_with_template};
+use deskpod_controller::api::{Workspace, WorkspacePhase};
 use deskpod_controller::workspace::render;
 use deskpod_testsupport::{TestCluster, wait_deleted, wait_for};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
@@ -52,35 +52,8 @@ async fn workspaces_run_stop_start_on_the_same_home_and_wait_for_quota() {
     let ns = TestCluster::shared().namespace("wsctl").await.expect("test namespace");
     let (controllers, _registry) = start_controllers(&ns).await;
     let admin = ns.client.clone();
-    let team_name = format!("{}-w", ns.name);
-    let team_ns = format!("team-{team_name}");
-    let template_name = format!("{}-py", ns.name);
-
-    let team: Team = serde_json::from_value(json!({
-        "apiVersion": "deskpod.io/v1alpha1", "kind": "Team", "metadata": { "name": team_name },
-        "spec": { "quota": { "pods": 1, "cpu": "4", "memory": "8Gi", "workspaces": 5 }, "limits": { "maxMemory": "4Gi" } }
-    }))
-    .unwrap();
-    Api::<Team>::all(admin.clone()).create(&PostParams::default(), &team).await.expect("create team");
-    let template: WorkspaceTemplate = serde_json::from_value(json!({
-        "apiVersion": "deskpod.io/v1alpha1", "kind": "WorkspaceTemplate", "metadata": { "name": template_name },
-        "spec": { "displayName": "Python", "image": "deskpod/python:latest", "homeSize": "1Gi",
-                  "resources": { "cpuRequest": "500m", "cpuLimit": "1", "memoryRequest": "512Mi", "memoryLimit": "1Gi" } }
-    }))
-    .unwrap();
-    Api::<WorkspaceTemplate>::all(admin.clone()).create(&PostParams::default(), &template).await.expect("template");
-    wait_for(
-        &Api::<Team>::all(admin.clone()),
-        &team_name,
-        "Team Ready",
-        Duration::from_secs(90),
-        |t: Option<&Team>| {
-            t.and_then(|t| t.status.as_ref())
-                .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        },
-    )
-    .await
-    .expect("team ready");
+    let fixture = team_with_template(&ns, json!({ "quota": { "pods": 1, "cpu": "4", "memory": "8Gi", "workspaces": 5 }, "limits": { "maxMemory": "4Gi" } }), json!({ "cpuRequest": "500m", "cpuLimit": "1", "memoryRequest": "512Mi", "memoryLimit": "1Gi" })).await;
+    let (team_ns, template_name) = (fixture.namespace.clone(), fixture.template.clone());
 
     let workspaces: Api<Workspace> = Api::namespaced(admin.clone(), &team_ns);
     let pods: Api<Pod> = Api::namespaced(admin.clone(), &team_ns);
@@ -93,7 +66,7 @@ async fn workspaces_run_stop_start_on_the_same_home_and_wait_for_quota() {
         wait_for(&workspaces, "one", "one Running", WAIT, phase_is(WorkspacePhase::Running)).await.expect("one runs");
     assert_eq!(
         one.status.as_ref().unwrap().url.as_deref(),
-        Some(format!("http://one.{team_name}.desk.test/").as_str())
+        Some(format!("http://one.{}.desk.test/", fixture.team).as_str())
     );
     assert_eq!(condition(&one, "Ready").unwrap().status, "True");
     Api::<Secret>::namespaced(admin.clone(), &team_ns).get(&render::vnc_secret_name("one")).await.expect("secret");
@@ -147,8 +120,7 @@ async fn workspaces_run_stop_start_on_the_same_home_and_wait_for_quota() {
     let big = workspaces.get("big").await.unwrap();
     assert!(big.status.unwrap().message.unwrap_or_default().contains("16Gi"), "the message names the value");
 
-    Api::<Team>::all(admin.clone()).delete(&team_name, &DeleteParams::background()).await.expect("delete team");
-    Api::<WorkspaceTemplate>::all(admin).delete(&template_name, &DeleteParams::default()).await.expect("delete tpl");
+    fixture.delete(&admin).await;
     controllers.abort();
 }
 
@@ -163,32 +135,8 @@ async fn stop_then_start_twenty_times_never_mounts_the_home_twice() {
     let ns = TestCluster::shared().namespace("wsflip").await.expect("test namespace");
     let (controllers, _registry) = start_controllers(&ns).await;
     let admin = ns.client.clone();
-    let team_name = format!("{}-f", ns.name);
-    let team_ns = format!("team-{team_name}");
-    let template_name = format!("{}-py", ns.name);
-    let team: Team = serde_json::from_value(json!({
-        "apiVersion": "deskpod.io/v1alpha1", "kind": "Team", "metadata": { "name": team_name }, "spec": {}
-    }))
-    .unwrap();
-    Api::<Team>::all(admin.clone()).create(&PostParams::default(), &team).await.expect("create team");
-    let template: WorkspaceTemplate = serde_json::from_value(json!({
-        "apiVersion": "deskpod.io/v1alpha1", "kind": "WorkspaceTemplate", "metadata": { "name": template_name },
-        "spec": { "displayName": "Python", "image": "deskpod/python:latest", "homeSize": "1Gi" }
-    }))
-    .unwrap();
-    Api::<WorkspaceTemplate>::all(admin.clone()).create(&PostParams::default(), &template).await.expect("template");
-    wait_for(
-        &Api::<Team>::all(admin.clone()),
-        &team_name,
-        "Team Ready",
-        Duration::from_secs(90),
-        |t: Option<&Team>| {
-            t.and_then(|t| t.status.as_ref())
-                .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        },
-    )
-    .await
-    .expect("team ready");
+    let fixture = team_with_template(&ns, json!({}), json!({})).await;
+    let (team_ns, template_name) = (fixture.namespace.clone(), fixture.template.clone());
 
     // Watch every pod of the namespace throughout: which pods exist (terminating ones too) and
     // which claim each mounts. Record the most pods ever seen mounting the home at once.
@@ -254,8 +202,7 @@ async fn stop_then_start_twenty_times_never_mounts_the_home_twice() {
     assert_eq!(*most_at_once.lock().unwrap(), 1, "two pods mounted the home volume at the same time");
     assert_eq!(seen_uids.lock().unwrap().len(), 21, "each start made a new pod (the test did restart it 20 times)");
 
-    Api::<Team>::all(admin.clone()).delete(&team_name, &DeleteParams::background()).await.expect("delete team");
-    Api::<WorkspaceTemplate>::all(admin).delete(&template_name, &DeleteParams::default()).await.expect("delete tpl");
+    fixture.delete(&admin).await;
     controllers.abort();
 }
 
@@ -268,33 +215,9 @@ async fn killed_ten_times_while_twenty_workspaces_are_created_it_converges_witho
     let ns = TestCluster::shared().namespace("wscrash").await.expect("test namespace");
     let client = controller_client(&ns).await;
     let admin = ns.client.clone();
-    let team_name = format!("{}-c", ns.name);
-    let team_ns = format!("team-{team_name}");
-    let template_name = format!("{}-py", ns.name);
     let (mut controllers, _) = spawn_controllers(client.clone());
-    let team: Team = serde_json::from_value(json!({
-        "apiVersion": "deskpod.io/v1alpha1", "kind": "Team", "metadata": { "name": team_name }, "spec": {}
-    }))
-    .unwrap();
-    Api::<Team>::all(admin.clone()).create(&PostParams::default(), &team).await.expect("create team");
-    let template: WorkspaceTemplate = serde_json::from_value(json!({
-        "apiVersion": "deskpod.io/v1alpha1", "kind": "WorkspaceTemplate", "metadata": { "name": template_name },
-        "spec": { "displayName": "Python", "image": "deskpod/python:latest", "homeSize": "1Gi" }
-    }))
-    .unwrap();
-    Api::<WorkspaceTemplate>::all(admin.clone()).create(&PostParams::default(), &template).await.expect("template");
-    wait_for(
-        &Api::<Team>::all(admin.clone()),
-        &team_name,
-        "Team Ready",
-        Duration::from_secs(90),
-        |t: Option<&Team>| {
-            t.and_then(|t| t.status.as_ref())
-                .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        },
-    )
-    .await
-    .expect("team ready");
+    let fixture = team_with_template(&ns, json!({}), json!({})).await;
+    let (team_ns, template_name) = (fixture.namespace.clone(), fixture.template.clone());
 
     // Twenty workspaces arrive over about a second, while the controller is killed (its task
     // dropped mid-request, as a killed process would be) and restarted ten times at random moments.
@@ -359,7 +282,6 @@ async fn killed_ten_times_while_twenty_workspaces_are_created_it_converges_witho
     assert_eq!(per_workspace!(Service), expected, "services");
     assert_eq!(per_workspace!(Ingress), expected, "ingresses");
 
-    Api::<Team>::all(admin.clone()).delete(&team_name, &DeleteParams::background()).await.expect("delete team");
-    Api::<WorkspaceTemplate>::all(admin).delete(&template_name, &DeleteParams::default()).await.expect("delete tpl");
+    fixture.delete(&admin).await;
     controllers.abort();
 }

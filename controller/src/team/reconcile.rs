@@ -3,8 +3,7 @@
 //! Level-triggered and idempotent: every run applies the complete desired state with one field
 //! manager, so a controller killed at any point converges on its next run.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -23,7 +22,7 @@ use serde_json::json;
 use super::render::{self, TEAM_LABEL, TeamSettings};
 use crate::api::{Team, TeamStatus, Workspace};
 use crate::apply::apply;
-use crate::metrics::{Metrics, backoff_delay};
+use crate::metrics::{Backoff, Metrics};
 use crate::{Error, FIELD_MANAGER, Result, conditions};
 
 /// What the Team reconciler needs.
@@ -33,15 +32,15 @@ pub struct Context {
     pub metrics: Metrics,
     /// Publishes Events on Teams (shown by `kubectl describe team`).
     pub recorder: Recorder,
-    /// Consecutive failures per Team, for the backoff; cleared by a successful reconcile.
-    pub failures: Mutex<HashMap<String, u32>>,
+    /// Consecutive failures per Team, for the backoff.
+    pub failures: Backoff,
 }
 
 impl Context {
     pub fn new(client: Client, settings: TeamSettings, metrics: Metrics) -> Self {
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
         let recorder = Recorder::new(client.clone(), reporter);
-        Context { client, settings, metrics, recorder, failures: Mutex::default() }
+        Context { client, settings, metrics, recorder, failures: Backoff::default() }
     }
 }
 
@@ -59,7 +58,7 @@ pub async fn reconcile(team: Arc<Team>, ctx: Arc<Context>) -> Result<Action> {
     let result = reconcile_team(&team, &ctx).await;
     ctx.metrics.reconciled(CONTROLLER, started.elapsed());
     if result.is_ok() {
-        ctx.failures.lock().expect("failure counts lock").remove(&team.name_any());
+        ctx.failures.succeeded(&team.name_any());
     }
     result
 }
@@ -197,13 +196,7 @@ async fn stop_workspaces_of_expired_members(client: &Client, team: &Team, ns: &s
 /// Bounded backoff for transient failures.
 pub fn error_policy(team: Arc<Team>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.failed(CONTROLLER, error.category());
-    let failures = {
-        let mut counts = ctx.failures.lock().expect("failure counts lock");
-        let n = counts.entry(team.name_any()).or_default();
-        *n = n.saturating_add(1);
-        *n
-    };
-    let delay = backoff_delay(failures);
+    let (failures, delay) = ctx.failures.failed(team.name_any());
     tracing::warn!(team = %team.name_any(), %error, failures, retry_in = ?delay, "team reconcile failed");
     Action::requeue(delay)
 }

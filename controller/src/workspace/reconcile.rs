@@ -6,8 +6,7 @@
 //! mounted by two pods. A create refused by the team's quota is reported as QuotaExceeded with the
 //! API server's message, and retried when the team's ResourceQuota changes (watched).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -24,7 +23,7 @@ use serde_json::json;
 use super::render::{self, DesiredWorkspace, Invalid, RouteSettings};
 use crate::api::{Team, Workspace, WorkspacePhase, WorkspaceStatus, WorkspaceTemplate};
 use crate::apply::apply;
-use crate::metrics::{Metrics, backoff_delay};
+use crate::metrics::{Backoff, Metrics};
 use crate::team::render::TEAM_LABEL;
 use crate::{Error, FIELD_MANAGER, Result, conditions};
 
@@ -39,12 +38,12 @@ pub struct Context {
     pub route: RouteSettings,
     pub metrics: Metrics,
     /// Consecutive failures per Workspace (namespace/name), for the backoff.
-    pub failures: Mutex<HashMap<String, u32>>,
+    pub failures: Backoff,
 }
 
 impl Context {
     pub fn new(client: Client, route: RouteSettings, metrics: Metrics) -> Self {
-        Context { client, route, metrics, failures: Mutex::default() }
+        Context { client, route, metrics, failures: Backoff::default() }
     }
 }
 
@@ -76,7 +75,7 @@ pub async fn reconcile(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action> 
     let result = reconcile_workspace(&ws, &ctx).await;
     ctx.metrics.reconciled(CONTROLLER, started.elapsed());
     if result.is_ok() {
-        ctx.failures.lock().expect("failure counts lock").remove(&key(&ws));
+        ctx.failures.succeeded(&key(&ws));
     }
     result
 }
@@ -287,13 +286,7 @@ async fn write_status(ws: &Workspace, client: &Client, outcome: Outcome) -> Resu
 /// Bounded backoff for transient failures.
 pub fn error_policy(ws: Arc<Workspace>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.failed(CONTROLLER, error.category());
-    let failures = {
-        let mut counts = ctx.failures.lock().expect("failure counts lock");
-        let n = counts.entry(key(&ws)).or_default();
-        *n = n.saturating_add(1);
-        *n
-    };
-    let delay = backoff_delay(failures);
+    let (failures, delay) = ctx.failures.failed(key(&ws));
     tracing::warn!(workspace = %key(&ws), %error, failures, retry_in = ?delay, "workspace reconcile failed");
     Action::requeue(delay)
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use deskpod_controller::api::Team;
+use deskpod_controller::api::{Team, WorkspaceTemplate};
 use deskpod_controller::metrics::Metrics;
 use deskpod_controller::team::reconcile::{self, Context};
 use deskpod_controller::team::render::TeamSettings;
@@ -13,12 +13,12 @@ use deskpod_controller::workspace::{
     self,
     render::{ForwardAuth, RouteMode, RouteSettings},
 };
-use deskpod_testsupport::{TestCluster, TestNamespace, client_from_kubeconfig, repo_root};
+use deskpod_testsupport::{TestCluster, TestNamespace, client_from_kubeconfig, repo_root, wait_for};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use prometheus_client::registry::Registry;
-use serde_json::json;
+use serde_json::{Value, json};
 
 pub const WAIT: Duration = Duration::from_secs(60);
 
@@ -90,5 +90,54 @@ pub async fn wait_until_allowed(client: &Client) {
     while let Err(e) = teams.list(&Default::default()).await {
         assert!(tokio::time::Instant::now() < deadline, "the controller's ClusterRoleBinding never took effect: {e}");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A Team and a template made for one test.
+pub struct TeamFixture {
+    pub team: String,
+    /// The team's namespace, `team-<team>`.
+    pub namespace: String,
+    pub template: String,
+}
+
+/// Creates a Team with `team_spec` and a Python template with `resources`, both named after the
+/// test namespace, and waits until the Team is Ready: up to 30 s for the quota controller to
+/// discover the CRDs, plus its 15 s resync.
+pub async fn team_with_template(ns: &TestNamespace, team_spec: Value, resources: Value) -> TeamFixture {
+    let admin = &ns.client;
+    let team = format!("{}-t", ns.name);
+    let template = format!("{}-py", ns.name);
+    let team_object: Team = serde_json::from_value(json!({
+        "apiVersion": "deskpod.io/v1alpha1", "kind": "Team", "metadata": { "name": team }, "spec": team_spec
+    }))
+    .unwrap();
+    Api::<Team>::all(admin.clone()).create(&PostParams::default(), &team_object).await.expect("create team");
+    let template_object: WorkspaceTemplate = serde_json::from_value(json!({
+        "apiVersion": "deskpod.io/v1alpha1", "kind": "WorkspaceTemplate", "metadata": { "name": template },
+        "spec": { "displayName": "Python", "image": "deskpod/python:latest", "homeSize": "1Gi", "resources": resources }
+    }))
+    .unwrap();
+    Api::<WorkspaceTemplate>::all(admin.clone())
+        .create(&PostParams::default(), &template_object)
+        .await
+        .expect("create template");
+    wait_for(&Api::<Team>::all(admin.clone()), &team, "Team Ready", Duration::from_secs(90), |t: Option<&Team>| {
+        t.and_then(|t| t.status.as_ref())
+            .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    })
+    .await
+    .expect("team ready");
+    TeamFixture { namespace: format!("team-{team}"), team, template }
+}
+
+impl TeamFixture {
+    /// Deletes the Team (and with it its namespace) and the template.
+    pub async fn delete(&self, admin: &Client) {
+        Api::<Team>::all(admin.clone()).delete(&self.team, &DeleteParams::background()).await.expect("delete team");
+        Api::<WorkspaceTemplate>::all(admin.clone())
+            .delete(&self.template, &DeleteParams::default())
+            .await
+            .expect("delete template");
     }
 }
