@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{WAIT, start_controllers};
+use common::{WAIT, start_controllers, wait_team_ready};
 use deskpod_controller::api::{Team, Workspace};
 use deskpod_testsupport::{TestCluster, wait_deleted, wait_for};
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, Pod, ResourceQuota, ServiceAccount};
@@ -67,13 +67,7 @@ async fn team_becomes_an_isolated_namespace_and_goes_away_with_it() {
     .unwrap();
     teams.create(&PostParams::default(), &team).await.expect("create team");
 
-    // Up to 30 s for the quota controller to discover the CRDs, plus its 15 s resync.
-    let ready = wait_for(&teams, &team_name, "Team Ready", Duration::from_secs(90), |t: Option<&Team>| {
-        t.and_then(|t| t.status.as_ref())
-            .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-    })
-    .await
-    .expect("the team is reconciled");
+    let ready = wait_team_ready(&admin, &team_name).await;
     assert_eq!(ready.status.as_ref().unwrap().namespace.as_deref(), Some(team_ns.as_str()));
     // `kubectl describe team` tells why it became Ready (events of cluster-scoped objects
     // live in the default namespace).

@@ -93,6 +93,17 @@ pub async fn wait_until_allowed(client: &Client) {
     }
 }
 
+/// Waits until the named Team is Ready: up to 30 s for the quota controller to discover the
+/// CRDs, plus its 15 s resync.
+pub async fn wait_team_ready(admin: &Client, name: &str) -> Team {
+    wait_for(&Api::<Team>::all(admin.clone()), name, "Team Ready", Duration::from_secs(90), |t: Option<&Team>| {
+        t.and_then(|t| t.status.as_ref())
+            .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    })
+    .await
+    .expect("the team is reconciled")
+}
+
 /// A Team and a template made for one test.
 pub struct TeamFixture {
     pub team: String,
@@ -102,8 +113,7 @@ pub struct TeamFixture {
 }
 
 /// Creates a Team with `team_spec` and a Python template with `resources`, both named after the
-/// test namespace, and waits until the Team is Ready: up to 30 s for the quota controller to
-/// discover the CRDs, plus its 15 s resync.
+/// test namespace, and waits until the Team is Ready.
 pub async fn team_with_template(ns: &TestNamespace, team_spec: Value, resources: Value) -> TeamFixture {
     let admin = &ns.client;
     let team = format!("{}-t", ns.name);
@@ -122,12 +132,7 @@ pub async fn team_with_template(ns: &TestNamespace, team_spec: Value, resources:
         .create(&PostParams::default(), &template_object)
         .await
         .expect("create template");
-    wait_for(&Api::<Team>::all(admin.clone()), &team, "Team Ready", Duration::from_secs(90), |t: Option<&Team>| {
-        t.and_then(|t| t.status.as_ref())
-            .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-    })
-    .await
-    .expect("team ready");
+    wait_team_ready(admin, &team).await;
     TeamFixture { namespace: format!("team-{team}"), team, template }
 }
 
