@@ -9,6 +9,9 @@ pub enum Error {
     Delete { kind: String, name: String, source: kube::Error },
     #[error("listing: {0}")]
     List(kube::Error),
+    /// A watch ended before it listed once: the controller is shutting down.
+    #[error("the controller is shutting down")]
+    Shutdown,
 }
 
 impl Error {
@@ -18,6 +21,7 @@ impl Error {
             Error::Apply { .. } => "apply",
             Error::Delete { .. } => "delete",
             Error::List(_) => "list",
+            Error::Shutdown => "shutdown",
         }
     }
 }

@@ -5,9 +5,12 @@
 pub mod admin;
 pub mod api;
 pub mod apply;
+pub mod cache;
 pub mod conditions;
 pub mod crd;
+pub mod duration;
 mod error;
+pub mod gateway;
 pub mod leader;
 pub mod metrics;
 pub mod quantity;

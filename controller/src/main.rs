@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use deskpod_controller::gateway::ParentReference;
 use deskpod_controller::metrics::Metrics;
 use deskpod_controller::team::{reconcile, render::TeamSettings};
 use deskpod_controller::workspace::{
@@ -41,7 +42,7 @@ enum Command {
         #[arg(long, value_name = "NAMESPACE/NAME", value_parser = parse_lease)]
         leader_elect: Option<(String, String)>,
         #[command(flatten)]
-        route: RouteArgs,
+        route: Box<RouteArgs>,
     },
 }
 
@@ -61,6 +62,23 @@ struct RouteArgs {
     /// Secret (in each team namespace) with the TLS certificate for the workspace hosts.
     #[arg(long, value_name = "SECRET")]
     tls_secret: Option<String>,
+    /// Forward authentication, NGINX style (`auth-url` annotation, read by ingress-nginx and
+    /// compatible controllers): the portal's verify endpoint, such as
+    /// http://deskpod-portal.deskpod-system.svc/auth/verify.
+    #[arg(long, value_name = "URL", requires = "auth_signin", conflicts_with = "traefik_middleware")]
+    auth_url: Option<String>,
+    /// Where the ingress controller sends a browser that is not signed in (`auth-signin`), such as
+    /// https://deskpod.example.com/signin.
+    #[arg(long, value_name = "URL", requires = "auth_url")]
+    auth_signin: Option<String>,
+    /// Forward authentication with Traefik: the ForwardAuth Middleware as Traefik references it,
+    /// `<namespace>-<name>@kubernetescrd`.
+    #[arg(long, value_name = "MIDDLEWARE")]
+    traefik_middleware: Option<String>,
+    /// Route workspaces with Gateway API HTTPRoutes attached to this Gateway (and listener)
+    /// instead of Ingresses. The cluster must have the Gateway API CRDs.
+    #[arg(long, value_name = "NAMESPACE/NAME[/LISTENER]", value_parser = parse_gateway)]
+    gateway: Option<ParentReference>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -79,7 +97,12 @@ impl RouteArgs {
             },
             ingress_class: self.ingress_class,
             tls_secret: self.tls_secret,
-            auth: ForwardAuth::None,
+            auth: match (self.auth_url, self.auth_signin, self.traefik_middleware) {
+                (Some(verify_url), Some(signin_url), _) => ForwardAuth::NginxStyle { verify_url, signin_url },
+                (_, _, Some(middleware)) => ForwardAuth::Traefik { middleware },
+                _ => ForwardAuth::None,
+            },
+            gateway: self.gateway,
         }
     }
 }
@@ -115,13 +138,12 @@ async fn run(
         }
     });
 
-    let teams = reconcile::Context::new(client.clone(), TeamSettings { trusted_namespaces }, metrics.clone());
-    let workspaces = workspace::reconcile::Context::new(client.clone(), route, metrics);
-    let controllers = async {
+    let controller_client = client.clone();
+    let controllers = async move {
         tracing::info!("deskpod-controller reconciling Teams and Workspaces");
         tokio::join!(
-            reconcile::run(std::sync::Arc::new(teams)),
-            workspace::reconcile::run(std::sync::Arc::new(workspaces))
+            reconcile::run(controller_client.clone(), TeamSettings { trusted_namespaces }, metrics.clone()),
+            workspace::reconcile::run(controller_client, route, metrics)
         );
     };
     match leader_elect {
@@ -156,6 +178,19 @@ fn print_crds(out_dir: Option<PathBuf>) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Parses `--gateway NAMESPACE/NAME[/LISTENER]`.
+fn parse_gateway(value: &str) -> Result<ParentReference, String> {
+    let parts: Vec<&str> = value.split('/').collect();
+    match parts[..] {
+        [ns, name] | [ns, name, _] if !ns.is_empty() && !name.is_empty() => Ok(ParentReference {
+            namespace: Some(ns.into()),
+            name: name.into(),
+            section_name: parts.get(2).filter(|s| !s.is_empty()).map(|s| s.to_string()),
+        }),
+        _ => Err(format!("expected NAMESPACE/NAME or NAMESPACE/NAME/LISTENER, such as infra/web/https, got {value:?}")),
+    }
 }
 
 /// Parses `--leader-elect NAMESPACE/NAME`.

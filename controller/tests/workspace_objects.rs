@@ -79,6 +79,7 @@ async fn rendered_objects_are_admitted_run_and_are_collected_with_the_workspace(
             verify_url: "http://deskpod-portal.deskpod-system.svc/auth/verify".into(),
             signin_url: "https://desk.example.com/signin".into(),
         },
+        gateway: None,
     };
     let pp = PostParams::default();
     ns.api::<Secret>().create(&pp, &render::render_vnc_secret(&d, "not-a-real-password")).await.expect("secret");

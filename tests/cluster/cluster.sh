@@ -9,13 +9,14 @@ build_harness() {
     (cd "$(dirname "${BASH_SOURCE[0]}")" && go build -o "$1" ./cmd/testcluster)
 }
 
-# start_cluster HARNESS DIR LOG: starts a cluster in DIR, logging to LOG, and waits until it is
-# ready. Sets CLUSTER_READY (the harness's JSON line), CLUSTER_DIR and CLUSTER_BIN_DIR.
+# start_cluster HARNESS DIR LOG [UP-FLAGS...]: starts a cluster in DIR, logging to LOG, and waits
+# until it is ready. Sets CLUSTER_READY (the harness's JSON line), CLUSTER_DIR and CLUSTER_BIN_DIR.
 start_cluster() {
     local harness=$1
     CLUSTER_DIR=$2
     CLUSTER_LOG=$3
-    coproc CLUSTER { exec "$harness" up --dir "$CLUSTER_DIR" 2>"$CLUSTER_LOG"; }
+    shift 3
+    coproc CLUSTER { exec "$harness" up --dir "$CLUSTER_DIR" "$@" 2>"$CLUSTER_LOG"; }
     CLUSTER_SUPERVISOR=$CLUSTER_PID
     CLUSTER_IN=${CLUSTER[1]}
     if ! read -r -t 600 -u "${CLUSTER[0]}" CLUSTER_READY; then

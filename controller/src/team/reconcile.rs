@@ -14,35 +14,59 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
 use super::render::{self, TEAM_LABEL, TeamSettings};
 use crate::api::{Team, TeamStatus, Workspace};
-use crate::apply::apply;
+use crate::cache::{apply_if_changed, watch_labelled};
 use crate::metrics::{Backoff, Metrics};
 use crate::{Error, FIELD_MANAGER, Result, conditions};
 
 /// What the Team reconciler needs.
-pub struct Context {
-    pub client: Client,
-    pub settings: TeamSettings,
-    pub metrics: Metrics,
+struct Context {
+    client: Client,
+    settings: TeamSettings,
+    metrics: Metrics,
     /// Publishes Events on Teams (shown by `kubectl describe team`).
-    pub recorder: Recorder,
+    recorder: Recorder,
     /// Consecutive failures per Team, for the backoff.
-    pub failures: Backoff,
+    failures: Backoff,
+    children: Children,
 }
 
-impl Context {
-    pub fn new(client: Client, settings: TeamSettings, metrics: Metrics) -> Self {
-        let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
-        let recorder = Recorder::new(client.clone(), reporter);
-        Context { client, settings, metrics, recorder, failures: Backoff::default() }
+/// The watched copies of what Teams own (label [`TEAM_LABEL`]).
+struct Children {
+    namespaces: Store<Namespace>,
+    quotas: Store<ResourceQuota>,
+    limit_ranges: Store<LimitRange>,
+    service_accounts: Store<ServiceAccount>,
+    network_policies: Store<NetworkPolicy>,
+    roles: Store<Role>,
+    role_bindings: Store<RoleBinding>,
+}
+
+impl Children {
+    /// Reconciles read from the copies, so they wait until every watch has listed once.
+    async fn ready(&self) -> Result<()> {
+        tokio::try_join!(
+            self.namespaces.wait_until_ready(),
+            self.quotas.wait_until_ready(),
+            self.limit_ranges.wait_until_ready(),
+            self.service_accounts.wait_until_ready(),
+            self.network_policies.wait_until_ready(),
+            self.roles.wait_until_ready(),
+            self.role_bindings.wait_until_ready(),
+        )
+        .map(drop)
+        .map_err(|_| Error::Shutdown)
     }
 }
+
+/// How long the Team controller waits for a burst of changes to a team to end before reconciling.
+const TEAM_DEBOUNCE: Duration = Duration::from_secs(1);
 
 /// Label value of this controller's metrics.
 const CONTROLLER: &str = "team";
@@ -53,7 +77,7 @@ fn now() -> Time {
 
 /// Reconciles one Team, recording how long it took.
 #[tracing::instrument(skip_all, fields(team = %team.name_any()))]
-pub async fn reconcile(team: Arc<Team>, ctx: Arc<Context>) -> Result<Action> {
+async fn reconcile(team: Arc<Team>, ctx: Arc<Context>) -> Result<Action> {
     let started = std::time::Instant::now();
     let result = reconcile_team(&team, &ctx).await;
     ctx.metrics.reconciled(CONTROLLER, started.elapsed());
@@ -68,28 +92,24 @@ async fn reconcile_team(team: &Team, ctx: &Context) -> Result<Action> {
         // Owner references take the namespace and everything in it away.
         return Ok(Action::await_change());
     }
+    ctx.children.ready().await?;
     let client = &ctx.client;
+    let children = &ctx.children;
     let now = now();
     let ns_name = render::namespace_name(&team.name_any());
 
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns = render::render_namespace(team);
-    namespaces
-        .patch(&ns_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&ns))
-        .await
-        .map_err(|source| Error::Apply { kind: "Namespace".into(), name: ns_name.clone(), source })?;
-
-    let quota = apply(client, &render::render_resource_quota(team)).await?;
-    apply(client, &render::render_limit_range(team)).await?;
-    apply(client, &render::render_workspace_service_account(team)).await?;
+    apply_if_changed(client, &children.namespaces, &render::render_namespace(team)).await?;
+    let quota = apply_if_changed(client, &children.quotas, &render::render_resource_quota(team)).await?;
+    apply_if_changed(client, &children.limit_ranges, &render::render_limit_range(team)).await?;
+    apply_if_changed(client, &children.service_accounts, &render::render_workspace_service_account(team)).await?;
     let policies = render::render_network_policies(team, &ctx.settings);
     for policy in &policies {
-        apply(client, policy).await?;
+        apply_if_changed(client, &children.network_policies, policy).await?;
     }
-    delete_stale_network_policies(client, &ns_name, &policies).await?;
+    delete_stale_network_policies(client, &children.network_policies, &ns_name, &policies).await?;
     for role in render::ROLES {
-        apply(client, &render::render_role(team, role)).await?;
-        apply(client, &render::render_role_binding(team, role, &now)).await?;
+        apply_if_changed(client, &children.roles, &render::render_role(team, role)).await?;
+        apply_if_changed(client, &children.role_bindings, &render::render_role_binding(team, role, &now)).await?;
     }
     stop_workspaces_of_expired_members(client, team, &ns_name, &now).await?;
 
@@ -102,6 +122,9 @@ async fn reconcile_team(team: &Team, ctx: &Context) -> Result<Action> {
         observed_generation: team.meta().generation,
         conditions: vec![ready.clone()],
     };
+    if team.status.as_ref() == Some(&status) {
+        return Ok(next_look(team, &now));
+    }
     let teams: Api<Team> = Api::all(client.clone());
     teams
         .patch_status(
@@ -111,12 +134,15 @@ async fn reconcile_team(team: &Team, ctx: &Context) -> Result<Action> {
         )
         .await
         .map_err(|source| Error::Apply { kind: "Team status".into(), name: team.name_any(), source })?;
+    Ok(next_look(team, &now))
+}
 
-    // Look again when the next member's access ends.
-    Ok(match render::next_expiry(team, &now) {
+/// Look again when the next member's access ends.
+fn next_look(team: &Team, now: &Time) -> Action {
+    match render::next_expiry(team, now) {
         Some(t) => Action::requeue(t.0.duration_since(now.0).unsigned_abs().min(Duration::from_secs(3600))),
         None => Action::await_change(),
-    })
+    }
 }
 
 fn ready_condition(team: &Team, quota: &ResourceQuota, now: &Time) -> Condition {
@@ -151,9 +177,14 @@ async fn publish_transition(ctx: &Context, team: &Team, ready: &Condition) {
 }
 
 /// The egress policy exists only while the team has an allow-list.
-async fn delete_stale_network_policies(client: &Client, ns: &str, wanted: &[NetworkPolicy]) -> Result<()> {
+async fn delete_stale_network_policies(
+    client: &Client,
+    cache: &Store<NetworkPolicy>,
+    ns: &str,
+    wanted: &[NetworkPolicy],
+) -> Result<()> {
     let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns);
-    let present = api.list(&ListParams::default().labels(TEAM_LABEL)).await.map_err(Error::List)?;
+    let present = cache.state_filter(|p| p.namespace().as_deref() == Some(ns));
     for policy in present {
         let name = policy.name_any();
         if !wanted.iter().any(|w| w.metadata.name.as_deref() == Some(&name)) {
@@ -194,7 +225,7 @@ async fn stop_workspaces_of_expired_members(client: &Client, team: &Team, ns: &s
 }
 
 /// Bounded backoff for transient failures.
-pub fn error_policy(team: Arc<Team>, error: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(team: Arc<Team>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.failed(CONTROLLER, error.category());
     let (failures, delay) = ctx.failures.failed(team.name_any());
     tracing::warn!(team = %team.name_any(), %error, failures, retry_in = ?delay, "team reconcile failed");
@@ -202,18 +233,39 @@ pub fn error_policy(team: Arc<Team>, error: &Error, ctx: Arc<Context>) -> Action
 }
 
 /// Runs the Team controller until the process is told to stop.
-pub async fn run(ctx: Arc<Context>) {
-    let client = ctx.client.clone();
+pub async fn run(client: Client, settings: TeamSettings, metrics: Metrics) {
     let by_team_label = |obj: &dyn ResourceLabels| obj.team_label().map(ObjectRef::<Team>::new);
-    let children = watcher::Config::default().labels(TEAM_LABEL);
-    Controller::new(Api::<Team>::all(client.clone()), watcher::Config::default())
-        .watches(Api::<Namespace>::all(client.clone()), children.clone(), move |o| by_team_label(&o))
-        .watches(Api::<ResourceQuota>::all(client.clone()), children.clone(), move |o| by_team_label(&o))
-        .watches(Api::<LimitRange>::all(client.clone()), children.clone(), move |o| by_team_label(&o))
-        .watches(Api::<ServiceAccount>::all(client.clone()), children.clone(), move |o| by_team_label(&o))
-        .watches(Api::<NetworkPolicy>::all(client.clone()), children.clone(), move |o| by_team_label(&o))
-        .watches(Api::<Role>::all(client.clone()), children.clone(), move |o| by_team_label(&o))
-        .watches(Api::<RoleBinding>::all(client.clone()), children, move |o| by_team_label(&o))
+    let (namespaces, namespace_changes) = watch_labelled(&client, TEAM_LABEL);
+    let (quotas, quota_changes) = watch_labelled(&client, TEAM_LABEL);
+    let (limit_ranges, limit_range_changes) = watch_labelled(&client, TEAM_LABEL);
+    let (service_accounts, service_account_changes) = watch_labelled(&client, TEAM_LABEL);
+    let (network_policies, network_policy_changes) = watch_labelled(&client, TEAM_LABEL);
+    let (roles, role_changes) = watch_labelled(&client, TEAM_LABEL);
+    let (role_bindings, role_binding_changes) = watch_labelled(&client, TEAM_LABEL);
+    let children =
+        Children { namespaces, quotas, limit_ranges, service_accounts, network_policies, roles, role_bindings };
+    let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+    let recorder = Recorder::new(client.clone(), reporter);
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        settings,
+        metrics,
+        recorder,
+        failures: Backoff::default(),
+        children,
+    });
+    // Every pod that starts or stops changes the team's quota usage, which the Team mirrors in
+    // its status. Debouncing turns a burst of such changes into one reconcile and one write.
+    let config = kube::runtime::controller::Config::default().debounce(TEAM_DEBOUNCE);
+    Controller::new(Api::<Team>::all(client), watcher::Config::default())
+        .with_config(config)
+        .watches_stream(namespace_changes, move |o: Namespace| by_team_label(&o))
+        .watches_stream(quota_changes, move |o: ResourceQuota| by_team_label(&o))
+        .watches_stream(limit_range_changes, move |o: LimitRange| by_team_label(&o))
+        .watches_stream(service_account_changes, move |o: ServiceAccount| by_team_label(&o))
+        .watches_stream(network_policy_changes, move |o: NetworkPolicy| by_team_label(&o))
+        .watches_stream(role_changes, move |o: Role| by_team_label(&o))
+        .watches_stream(role_binding_changes, move |o: RoleBinding| by_team_label(&o))
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

@@ -5,6 +5,9 @@
 //! still exists (even terminating) the create fails, so a ReadWriteOnce home volume is never
 //! mounted by two pods. A create refused by the team's quota is reported as QuotaExceeded with the
 //! API server's message, and retried when the team's ResourceQuota changes (watched).
+//!
+//! Owned objects are read from watched copies ([`crate::cache`]) and written only when they differ
+//! from what is wanted; the status only when it changed. A converged workspace costs no writes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,19 +16,30 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, ResourceQuota, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
+use super::idle::{self, LAST_ACTIVITY_ANNOTATION};
 use super::render::{self, DesiredWorkspace, Invalid, RouteSettings};
 use crate::api::{Team, Workspace, WorkspacePhase, WorkspaceStatus, WorkspaceTemplate};
-use crate::apply::apply;
+use crate::cache::{apply_if_changed, cached, watch_all, watch_labelled};
+use crate::gateway::HTTPRoute;
 use crate::metrics::{Backoff, Metrics};
 use crate::team::render::TEAM_LABEL;
 use crate::{Error, FIELD_MANAGER, Result, conditions};
+
+/// Field manager of the idle culler's `spec.running: false`, so `kubectl get -o yaml
+/// --show-managed-fields` tells who stopped a workspace.
+const IDLE_CULLER: &str = "deskpod-idle-culler";
+
+/// How long the Workspace controller waits for a burst of changes to a workspace to end.
+const WORKSPACE_DEBOUNCE: Duration = Duration::from_millis(200);
 
 /// Label value of this controller's metrics.
 const CONTROLLER: &str = "workspace";
@@ -33,17 +47,50 @@ const CONTROLLER: &str = "workspace";
 const PASSWORD_LEN: usize = 24;
 
 /// What the Workspace reconciler needs.
-pub struct Context {
-    pub client: Client,
-    pub route: RouteSettings,
-    pub metrics: Metrics,
+struct Context {
+    client: Client,
+    route: RouteSettings,
+    metrics: Metrics,
     /// Consecutive failures per Workspace (namespace/name), for the backoff.
-    pub failures: Backoff,
+    failures: Backoff,
+    /// Publishes Events on Workspaces (shown by `kubectl describe workspace`).
+    recorder: Recorder,
+    owned: Owned,
 }
 
-impl Context {
-    pub fn new(client: Client, route: RouteSettings, metrics: Metrics) -> Self {
-        Context { client, route, metrics, failures: Backoff::default() }
+/// The watched copies of what Workspaces own (label [`render::WORKSPACE_LABEL`]).
+struct Owned {
+    pods: Store<Pod>,
+    volumes: Store<PersistentVolumeClaim>,
+    services: Store<Service>,
+    ingresses: Store<Ingress>,
+    /// Watched only when workspaces are routed through a Gateway.
+    http_routes: Option<Store<HTTPRoute>>,
+    /// Teams and templates, read on every reconcile.
+    teams: Store<Team>,
+    templates: Store<WorkspaceTemplate>,
+}
+
+impl Owned {
+    /// Reconciles read from the copies, so they wait until every watch has listed once.
+    async fn ready(&self) -> Result<()> {
+        let routes = async {
+            match &self.http_routes {
+                Some(store) => store.wait_until_ready().await,
+                None => Ok(()),
+            }
+        };
+        tokio::try_join!(
+            self.pods.wait_until_ready(),
+            self.volumes.wait_until_ready(),
+            self.services.wait_until_ready(),
+            self.ingresses.wait_until_ready(),
+            self.teams.wait_until_ready(),
+            self.templates.wait_until_ready(),
+            routes,
+        )
+        .map(drop)
+        .map_err(|_| Error::Shutdown)
     }
 }
 
@@ -70,7 +117,7 @@ fn generate_password() -> String {
 
 /// Reconciles one Workspace, recording how long it took.
 #[tracing::instrument(skip_all, fields(workspace = %key(&ws)))]
-pub async fn reconcile(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action> {
+async fn reconcile(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action> {
     let started = std::time::Instant::now();
     let result = reconcile_workspace(&ws, &ctx).await;
     ctx.metrics.reconciled(CONTROLLER, started.elapsed());
@@ -92,9 +139,11 @@ async fn reconcile_workspace(ws: &Workspace, ctx: &Context) -> Result<Action> {
     if ws.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
+    ctx.owned.ready().await?;
     let client = &ctx.client;
+    let owned = &ctx.owned;
     let ns = ws.namespace().unwrap_or_default();
-    let desired = match load_and_validate(ws, client, &ns).await? {
+    let desired = match load_and_validate(ws, owned, &ns) {
         Ok(d) => d,
         Err(invalid) => {
             let outcome = Outcome {
@@ -103,25 +152,21 @@ async fn reconcile_workspace(ws: &Workspace, ctx: &Context) -> Result<Action> {
                 problems: vec![(invalid.reason, invalid.message)],
                 url: None,
             };
-            write_status(ws, client, outcome).await?;
-            // Nothing to retry until the spec changes; a missing template may still appear.
-            return Ok(if invalid.reason == "TemplateNotFound" {
-                Action::requeue(Duration::from_secs(60))
-            } else {
-                Action::await_change()
-            });
+            write_status(ctx, ws, outcome).await?;
+            // Nothing to retry until the workspace, its template or its team changes (watched).
+            return Ok(Action::await_change());
         }
     };
 
-    ensure_secret(client, &desired).await?;
-    apply(client, &render::render_home_pvc(&desired)).await?;
-    apply(client, &render::render_service(&desired)).await?;
-    apply(client, &render::render_ingress(&desired, &ctx.route)).await?;
+    apply_if_changed(client, &owned.volumes, &render::render_home_pvc(&desired)).await?;
+    apply_if_changed(client, &owned.services, &render::render_service(&desired)).await?;
+    apply_route(ctx, &desired).await?;
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let pod_name = render::pod_name(&desired.name);
-    let pod = pods.get_opt(&pod_name).await.map_err(Error::List)?;
+    let pod = owned.pods.get(&ObjectRef::new(&pod_name).within(&ns));
     let url = Some(render::url(&desired, &ctx.route));
+    let mut next = Action::await_change();
     let outcome = match (ws.spec.running, pod) {
         (true, Some(pod)) if pod_finished(&pod) => {
             // A pod that ended (evicted, crashed out) never restarts: replace it.
@@ -135,9 +180,15 @@ async fn reconcile_workspace(ws: &Workspace, ctx: &Context) -> Result<Action> {
         }
         (true, Some(pod)) => {
             let (phase, message, problems) = render::pod_phase_summary(Some(&pod));
-            Outcome { phase, message, problems, url }
+            let outcome = Outcome { phase, message, problems, url };
+            match idle_check(ws, &desired, &outcome) {
+                IdleCheck::Active(Some(wake)) => next = Action::requeue(wake),
+                IdleCheck::Active(None) => {}
+                IdleCheck::Idle(timeout) => return stop_idle(ctx, ws, &pods, &pod_name, timeout).await,
+            }
+            outcome
         }
-        (true, None) => match pods.create(&PostParams::default(), &render::render_pod(&desired)).await {
+        (true, None) => match create_pod(client, &pods, &desired).await? {
             Ok(pod) => {
                 let (phase, message, problems) = render::pod_phase_summary(Some(&pod));
                 Outcome { phase, message, problems, url }
@@ -150,7 +201,8 @@ async fn reconcile_workspace(ws: &Workspace, ctx: &Context) -> Result<Action> {
                     url,
                 }
             }
-            // The old pod is still going away; its deletion triggers another reconcile.
+            // The old pod is still going away (or our copy is behind); the pod's next change
+            // triggers another reconcile.
             Err(kube::Error::Api(status)) if status.is_already_exists() => Outcome {
                 phase: WorkspacePhase::Starting,
                 message: Some("waiting for the previous pod to stop".into()),
@@ -159,8 +211,10 @@ async fn reconcile_workspace(ws: &Workspace, ctx: &Context) -> Result<Action> {
             },
             Err(source) => return Err(Error::Apply { kind: "Pod".into(), name: pod_name, source }),
         },
-        (false, Some(_)) => {
-            delete_pod(&pods, &pod_name).await?;
+        (false, Some(pod)) => {
+            if pod.meta().deletion_timestamp.is_none() {
+                delete_pod(&pods, &pod_name).await?;
+            }
             Outcome {
                 phase: WorkspacePhase::Stopping,
                 message: Some("stopping the desktop; the home volume stays".into()),
@@ -170,29 +224,100 @@ async fn reconcile_workspace(ws: &Workspace, ctx: &Context) -> Result<Action> {
         }
         (false, None) => Outcome { phase: WorkspacePhase::Stopped, message: None, problems: vec![], url: None },
     };
-    write_status(ws, client, outcome).await?;
+    write_status(ctx, ws, outcome).await?;
+    Ok(next)
+}
+
+/// Applies the Ingress, or the HTTPRoute when workspaces are routed through a Gateway (then an
+/// Ingress left from before is removed).
+async fn apply_route(ctx: &Context, desired: &DesiredWorkspace) -> Result<()> {
+    let client = &ctx.client;
+    let ingress = render::render_ingress(desired, &ctx.route);
+    match (&ctx.route.gateway, &ctx.owned.http_routes) {
+        (Some(gateway), Some(routes)) => {
+            apply_if_changed(client, routes, &render::render_http_route(desired, &ctx.route, gateway)).await?;
+            if cached(&ctx.owned.ingresses, &ingress).is_some() {
+                let name = render::ingress_name(&desired.name);
+                let api: Api<Ingress> = Api::namespaced(client.clone(), &desired.namespace);
+                match api.delete(&name, &DeleteParams::default()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(status)) if status.is_not_found() => {}
+                    Err(source) => return Err(Error::Delete { kind: "Ingress".into(), name, source }),
+                }
+            }
+        }
+        _ => {
+            apply_if_changed(client, &ctx.owned.ingresses, &ingress).await?;
+        }
+    }
+    Ok(())
+}
+
+enum IdleCheck {
+    /// In use (or never culled); look again after this long, if ever.
+    Active(Option<Duration>),
+    /// No input for the template's idle timeout.
+    Idle(Duration),
+}
+
+/// Whether a running desktop has gone without input for its template's idle timeout.
+fn idle_check(ws: &Workspace, desired: &DesiredWorkspace, outcome: &Outcome) -> IdleCheck {
+    let Some(timeout) = desired.idle_timeout else {
+        return IdleCheck::Active(None);
+    };
+    if outcome.phase != WorkspacePhase::Running {
+        return IdleCheck::Active(None);
+    }
+    // Running since the last status write; a desktop that just became Running starts its clock now.
+    let previous = ws.status.as_ref().filter(|s| s.phase == WorkspacePhase::Running);
+    let started = previous.and_then(|s| s.started_at.as_ref()).map(|t| t.0).unwrap_or_else(Timestamp::now);
+    let activity = ws.annotations().get(LAST_ACTIVITY_ANNOTATION).map(String::as_str);
+    let Some(deadline) = idle::idle_deadline(Some(timeout), Some(started), activity) else {
+        return IdleCheck::Active(None);
+    };
+    match deadline.duration_since(Timestamp::now()).as_secs() {
+        remaining if remaining > 0 => IdleCheck::Active(Some(Duration::from_secs(remaining as u64 + 1))),
+        _ => IdleCheck::Idle(timeout),
+    }
+}
+
+/// Stops an idle desktop: `spec.running: false` (under the idle culler's field manager, so the
+/// portal shows it stopped and a start is an ordinary start), the pod deleted, an Event saying why.
+async fn stop_idle(
+    ctx: &Context,
+    ws: &Workspace,
+    pods: &Api<Pod>,
+    pod_name: &str,
+    timeout: Duration,
+) -> Result<Action> {
+    let api: Api<Workspace> = Api::namespaced(ctx.client.clone(), &ws.namespace().unwrap_or_default());
+    let patch = Patch::Merge(json!({ "spec": { "running": false } }));
+    api.patch(&ws.name_any(), &PatchParams::apply(IDLE_CULLER), &patch).await.map_err(|source| Error::Apply {
+        kind: "Workspace".into(),
+        name: ws.name_any(),
+        source,
+    })?;
+    delete_pod(pods, pod_name).await?;
+    let message =
+        format!("stopped after {} without keyboard or pointer input; the home volume stays", idle::describe(timeout));
+    tracing::info!(workspace = %key(ws), %message, "idle desktop stopped");
+    publish(ctx, ws, EventType::Normal, "IdleStopped", message).await;
     Ok(Action::await_change())
 }
 
-/// The team (from the namespace) and template of a workspace, validated. The outer error is an
-/// API failure (retried); the inner one is the user's to fix (reported on the Workspace).
-async fn load_and_validate(
-    ws: &Workspace,
-    client: &Client,
-    ns: &str,
-) -> Result<std::result::Result<DesiredWorkspace, Invalid>> {
+/// The team (from the namespace) and template of a workspace, from the watched copies, validated.
+fn load_and_validate(ws: &Workspace, owned: &Owned, ns: &str) -> std::result::Result<DesiredWorkspace, Invalid> {
     let Some(team_name) = ns.strip_prefix("team-") else {
-        return Ok(Err(Invalid::new(
+        return Err(Invalid::new(
             "NotInTeamNamespace",
             format!("namespace {ns:?} is not a team namespace (team-<name>)"),
-        )));
+        ));
     };
-    let Some(team) = Api::<Team>::all(client.clone()).get_opt(team_name).await.map_err(Error::List)? else {
-        return Ok(Err(Invalid::new("TeamNotFound", format!("team {team_name:?} does not exist"))));
+    let Some(team) = owned.teams.get(&ObjectRef::new(team_name)) else {
+        return Err(Invalid::new("TeamNotFound", format!("team {team_name:?} does not exist")));
     };
-    let template =
-        Api::<WorkspaceTemplate>::all(client.clone()).get_opt(&ws.spec.template).await.map_err(Error::List)?;
-    Ok(render::validate(ws, template.as_ref(), &team))
+    let template = owned.templates.get(&ObjectRef::new(&ws.spec.template));
+    render::validate(ws, template.as_deref(), &team)
 }
 
 /// Creates the VNC password Secret once; an existing password is never changed.
@@ -209,6 +334,30 @@ async fn ensure_secret(client: &Client, d: &DesiredWorkspace) -> Result<()> {
     }
 }
 
+/// Creates the desktop pod. Quota admission updates the team's ResourceQuota with optimistic
+/// concurrency, so pods created at the same moment in one team can be refused with a conflict
+/// that says nothing about capacity; those are retried at once, a few times, with a little jitter.
+///
+/// The VNC password Secret the pod reads is made sure of first (created once; it only matters
+/// when a pod is about to start, so running desktops cost no Secret reads).
+async fn create_pod(client: &Client, pods: &Api<Pod>, desired: &DesiredWorkspace) -> Result<kube::Result<Pod>> {
+    ensure_secret(client, desired).await?;
+    let pod = render::render_pod(desired);
+    const ATTEMPTS: u32 = 5;
+    let mut attempt = 1;
+    loop {
+        match pods.create(&PostParams::default(), &pod).await {
+            Err(kube::Error::Api(status)) if status.is_conflict() && attempt < ATTEMPTS => {
+                let mut jitter = [0u8; 1];
+                getrandom::fill(&mut jitter).expect("the operating system's random generator works");
+                tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt) + u64::from(jitter[0] % 50))).await;
+                attempt += 1;
+            }
+            result => return Ok(result),
+        }
+    }
+}
+
 fn pod_finished(pod: &Pod) -> bool {
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
     matches!(phase, Some("Succeeded" | "Failed")) && pod.meta().deletion_timestamp.is_none()
@@ -221,6 +370,9 @@ async fn delete_pod(pods: &Api<Pod>, name: &str) -> Result<()> {
         Err(source) => Err(Error::Delete { kind: "Pod".into(), name: name.into(), source }),
     }
 }
+
+/// Problems read off the pod, which its own Events already tell.
+const POD_PROBLEMS: [&str; 4] = ["Unschedulable", "ImagePullFailed", "CrashLoopBackOff", "PodFailed"];
 
 /// Condition types the reconciler owns besides Ready; absent ones are reported False.
 const PROBLEM_TYPES: [&str; 4] = ["QuotaExceeded", "Unschedulable", "ImagePullFailed", "CrashLoopBackOff"];
@@ -255,12 +407,13 @@ fn status_conditions(ws: &Workspace, outcome: &Outcome, now: &Time) -> Vec<Condi
     out
 }
 
-async fn write_status(ws: &Workspace, client: &Client, outcome: Outcome) -> Result<()> {
-    let now = Time(k8s_openapi::jiff::Timestamp::now());
+/// Writes the status when it changed, and an Event when the workspace runs into a new problem.
+async fn write_status(ctx: &Context, ws: &Workspace, outcome: Outcome) -> Result<()> {
+    let now = Time(Timestamp::now());
     let previous = ws.status.clone().unwrap_or_default();
     let started_at = match outcome.phase {
         WorkspacePhase::Running => {
-            previous.started_at.filter(|_| previous.phase == WorkspacePhase::Running).or(Some(now.clone()))
+            previous.started_at.clone().filter(|_| previous.phase == WorkspacePhase::Running).or(Some(now.clone()))
         }
         _ => None,
     };
@@ -272,7 +425,10 @@ async fn write_status(ws: &Workspace, client: &Client, outcome: Outcome) -> Resu
         observed_generation: ws.meta().generation,
         conditions: status_conditions(ws, &outcome, &now),
     };
-    let api: Api<Workspace> = Api::namespaced(client.clone(), &ws.namespace().unwrap_or_default());
+    if ws.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let api: Api<Workspace> = Api::namespaced(ctx.client.clone(), &ws.namespace().unwrap_or_default());
     api.patch_status(
         &ws.name_any(),
         &PatchParams::apply(FIELD_MANAGER).force(),
@@ -280,11 +436,31 @@ async fn write_status(ws: &Workspace, client: &Client, outcome: Outcome) -> Resu
     )
     .await
     .map_err(|source| Error::Apply { kind: "Workspace status".into(), name: ws.name_any(), source })?;
+
+    // The controller's own decisions get an Event; what the pod goes through (scheduling, image
+    // pulls, crashes) already has Events on the pod from the scheduler and the kubelet.
+    let ready_reason = |conditions: &[Condition]| {
+        conditions.iter().find(|c| c.type_ == "Ready").map(|c| c.reason.clone()).unwrap_or_default()
+    };
+    if let Some((reason, message)) = outcome.problems.first()
+        && !POD_PROBLEMS.contains(reason)
+        && ready_reason(&previous.conditions) != *reason
+    {
+        publish(ctx, ws, EventType::Warning, reason, message.clone()).await;
+    }
     Ok(())
 }
 
+/// Publishes an Event on the Workspace; failing to is logged, never fatal.
+async fn publish(ctx: &Context, ws: &Workspace, type_: EventType, reason: &str, note: String) {
+    let event = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
+    if let Err(error) = ctx.recorder.publish(&event, &ws.object_ref(&())).await {
+        tracing::warn!(workspace = %key(ws), %error, "publishing an event failed");
+    }
+}
+
 /// Bounded backoff for transient failures.
-pub fn error_policy(ws: Arc<Workspace>, error: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(ws: Arc<Workspace>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.failed(CONTROLLER, error.category());
     let (failures, delay) = ctx.failures.failed(key(&ws));
     tracing::warn!(workspace = %key(&ws), %error, failures, retry_in = ?delay, "workspace reconcile failed");
@@ -292,11 +468,66 @@ pub fn error_policy(ws: Arc<Workspace>, error: &Error, ctx: Arc<Context>) -> Act
 }
 
 /// Runs the Workspace controller until the process is told to stop.
-pub async fn run(ctx: Arc<Context>) {
-    let client = ctx.client.clone();
-    let owned = watcher::Config::default().labels(render::WORKSPACE_LABEL);
-    let controller = Controller::new(Api::<Workspace>::all(client.clone()), watcher::Config::default());
+pub async fn run(client: Client, route: RouteSettings, metrics: Metrics) {
+    let (pods, pod_changes) = watch_labelled(&client, render::WORKSPACE_LABEL);
+    let (volumes, volume_changes) = watch_labelled(&client, render::WORKSPACE_LABEL);
+    let (services, service_changes) = watch_labelled(&client, render::WORKSPACE_LABEL);
+    let (ingresses, ingress_changes) = watch_labelled(&client, render::WORKSPACE_LABEL);
+    let (http_routes, route_changes) = match route.gateway {
+        Some(_) => {
+            let (store, changes) = watch_labelled::<HTTPRoute>(&client, render::WORKSPACE_LABEL);
+            (Some(store), Some(changes))
+        }
+        None => (None, None),
+    };
+    // Only spec changes of teams and templates concern workspaces (a team's status moves with
+    // every pod that starts).
+    let (teams, team_changes) = watch_all::<Team>(&client);
+    let team_changes = team_changes.predicate_filter(predicates::generation, Default::default());
+    let (templates, template_changes) = watch_all::<WorkspaceTemplate>(&client);
+    let template_changes = template_changes.predicate_filter(predicates::generation, Default::default());
+    let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        route,
+        metrics,
+        failures: Backoff::default(),
+        recorder: Recorder::new(client.clone(), reporter),
+        owned: Owned { pods, volumes, services, ingresses, http_routes, teams, templates },
+    });
+
+    // A starting pod changes several times within a second (bound, scheduled, running, ready);
+    // a short debounce makes that one reconcile and one status write instead of four.
+    let config = kube::runtime::controller::Config::default().debounce(WORKSPACE_DEBOUNCE);
+    let mut controller =
+        Controller::new(Api::<Workspace>::all(client.clone()), watcher::Config::default()).with_config(config);
     let store = controller.store();
+    // A team's workspaces are checked again when the team changes (limits, members), and a
+    // template's when it changes or appears.
+    let in_team = {
+        let store = store.clone();
+        move |team: Team| {
+            let ns = Some(crate::team::render::namespace_name(&team.name_any()));
+            store
+                .state()
+                .into_iter()
+                .filter(|ws| ws.namespace() == ns)
+                .map(|ws| ObjectRef::from_obj(&*ws))
+                .collect::<Vec<_>>()
+        }
+    };
+    let using_template = {
+        let store = store.clone();
+        move |template: WorkspaceTemplate| {
+            let name = template.name_any();
+            store
+                .state()
+                .into_iter()
+                .filter(|ws| ws.spec.template == name)
+                .map(|ws| ObjectRef::from_obj(&*ws))
+                .collect::<Vec<_>>()
+        }
+    };
     // A quota that frees capacity (a pod stopped) wakes the team's waiting workspaces.
     let waiting_in_namespace = move |quota: ResourceQuota| {
         let ns = quota.namespace();
@@ -308,16 +539,22 @@ pub async fn run(ctx: Arc<Context>) {
             .map(|ws| ObjectRef::from_obj(&*ws))
             .collect::<Vec<_>>()
     };
-    controller
-        .owns(Api::<Pod>::all(client.clone()), owned.clone())
-        .owns(Api::<PersistentVolumeClaim>::all(client.clone()), owned.clone())
-        .owns(Api::<Service>::all(client.clone()), owned.clone())
-        .owns(Api::<Ingress>::all(client.clone()), owned)
+    controller = controller
+        .owns_stream(pod_changes)
+        .owns_stream(volume_changes)
+        .owns_stream(service_changes)
+        .owns_stream(ingress_changes)
+        .watches_stream(team_changes, in_team)
+        .watches_stream(template_changes, using_template)
         .watches(
             Api::<ResourceQuota>::all(client.clone()),
             watcher::Config::default().labels(TEAM_LABEL),
             waiting_in_namespace,
-        )
+        );
+    if let Some(changes) = route_changes {
+        controller = controller.owns_stream(changes);
+    }
+    controller
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

@@ -29,6 +29,10 @@ use crate::api::{
     DesktopProtocol, ImagePullPolicy, ReclaimPolicy, Team, TemplateResources, Workspace, WorkspacePhase,
     WorkspaceTemplate,
 };
+use crate::gateway::{
+    BackendRef, HTTPPathMatch, HTTPPathModifier, HTTPRoute, HTTPRouteFilter, HTTPRouteMatch, HTTPRouteRule,
+    HTTPRouteSpec, HTTPRouteTimeouts, HTTPURLRewriteFilter, ParentReference,
+};
 use crate::quantity::{self, Milli};
 use crate::team::render::{MANAGED_BY, TEAM_LABEL, WORKSPACE_SERVICE_ACCOUNT, namespace_name};
 
@@ -84,6 +88,11 @@ pub fn vnc_secret_name(workspace: &str) -> String {
 
 /// The workspace's Service: the workspace's own name.
 pub fn service_name(workspace: &str) -> String {
+    workspace.to_string()
+}
+
+/// The workspace's HTTPRoute (Gateway API): the workspace's own name.
+pub fn route_name(workspace: &str) -> String {
     workspace.to_string()
 }
 
@@ -181,6 +190,8 @@ pub struct DesiredWorkspace {
     pub gpus: i32,
     /// The template's environment variables (without `VNC_PW`, which comes from the Secret).
     pub env: Vec<crate::api::EnvVar>,
+    /// Stop the desktop after this long without keyboard or pointer input; never when `None`.
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 /// Where a resolved value came from, to tell the user which object to change.
@@ -288,6 +299,14 @@ pub fn validate(
         ));
     }
     shm_size.parse("shm size")?;
+    let idle_timeout = tpl
+        .idle_timeout
+        .as_deref()
+        .map(|d| {
+            crate::duration::parse(d)
+                .map_err(|e| Invalid::new("InvalidDuration", format!("idleTimeout of template {template_name:?}: {e}")))
+        })
+        .transpose()?;
 
     let value = |r: &Option<Resolved>| r.as_ref().map(|r| r.value.clone());
     let resources = TemplateResources {
@@ -322,6 +341,7 @@ pub fn validate(
         resources,
         gpus: tpl.gpus,
         env: tpl.env.iter().filter(|e| e.name != VNC_PASSWORD_ENV).cloned().collect(),
+        idle_timeout,
         name,
     })
 }
@@ -409,15 +429,16 @@ fn unowned_meta(d: &DesiredWorkspace, name: String) -> ObjectMeta {
 /// The home volume: ReadWriteOnce, of the resolved size and StorageClass.
 ///
 /// With reclaim policy `Delete` the Workspace owns it and garbage collection deletes it with the
-/// Workspace. With `Retain` it has no owner reference at all, so it outlives the Workspace; since
-/// server-side apply removes fields this manager no longer sets, switching a workspace from
-/// `Delete` to `Retain` also removes the reference from an existing volume.
+/// Workspace. With `Retain` it has no owner reference at all, so it outlives the Workspace. The
+/// list is rendered empty rather than left out: server-side apply then removes the reference this
+/// manager set before, when a workspace switches from `Delete` to `Retain`, and the comparison
+/// with the cached copy ([`crate::cache::is_subset`]) sees the difference.
 pub fn render_home_pvc(d: &DesiredWorkspace) -> PersistentVolumeClaim {
     let name = home_pvc_name(&d.name);
     PersistentVolumeClaim {
         metadata: match d.reclaim_policy {
             ReclaimPolicy::Delete => owned_meta(d, name),
-            ReclaimPolicy::Retain => unowned_meta(d, name),
+            ReclaimPolicy::Retain => ObjectMeta { owner_references: Some(vec![]), ..unowned_meta(d, name) },
         },
         spec: Some(PersistentVolumeClaimSpec {
             access_modes: Some(vec!["ReadWriteOnce".into()]),
@@ -600,6 +621,8 @@ pub struct RouteSettings {
     pub tls_secret: Option<String>,
     /// Who checks that the browser may open the desktop before the ingress controller proxies.
     pub auth: ForwardAuth,
+    /// Route through this Gateway with an `HTTPRoute` instead of an Ingress (Gateway API).
+    pub gateway: Option<ParentReference>,
 }
 
 /// How a workspace's address is formed.
@@ -720,6 +743,46 @@ pub fn render_ingress(d: &DesiredWorkspace, settings: &RouteSettings) -> Ingress
     }
 }
 
+/// The Gateway API route to the workspace's Service, owned by the Workspace: the same host and
+/// path prefix as the Ingress would have, attached to the configured Gateway.
+///
+/// Websockets: the request timeout is `0s`, which the Gateway API defines as no timeout, so a
+/// desktop session is not cut after the implementation's default. TLS is the Gateway listener's
+/// business. Forward authentication has no standard filter in `gateway.networking.k8s.io/v1`;
+/// configure it on the Gateway with the implementation's own policy, pointing at the portal's
+/// verify endpoint.
+pub fn render_http_route(d: &DesiredWorkspace, settings: &RouteSettings, gateway: &ParentReference) -> HTTPRoute {
+    let mut route = HTTPRoute::new(
+        &route_name(&d.name),
+        HTTPRouteSpec {
+            parent_refs: vec![gateway.clone()],
+            hostnames: vec![route_host(d, settings)],
+            rules: vec![HTTPRouteRule {
+                matches: vec![HTTPRouteMatch {
+                    path: Some(HTTPPathMatch { type_: "PathPrefix".into(), value: route_path(d, settings) }),
+                }],
+                // In path mode the desktop still serves from `/`: strip the workspace's prefix.
+                filters: match settings.mode {
+                    RouteMode::Host => vec![],
+                    RouteMode::Path => vec![HTTPRouteFilter {
+                        type_: "URLRewrite".into(),
+                        url_rewrite: Some(HTTPURLRewriteFilter {
+                            path: Some(HTTPPathModifier {
+                                type_: "ReplacePrefixMatch".into(),
+                                replace_prefix_match: Some("/".into()),
+                            }),
+                        }),
+                    }],
+                },
+                backend_refs: vec![BackendRef { name: service_name(&d.name), port: d.port }],
+                timeouts: Some(HTTPRouteTimeouts { request: Some("0s".into()) }),
+            }],
+        },
+    );
+    route.metadata = owned_meta(d, route_name(&d.name));
+    route
+}
+
 // ---------------------------------------------------------------------------------------------
 // Phase
 // ---------------------------------------------------------------------------------------------
@@ -766,11 +829,18 @@ pub fn pod_phase_summary(pod: Option<&Pod>) -> (WorkspacePhase, Option<String>, 
 
     let mut problems = Vec::new();
     let scheduled = condition("PodScheduled");
+    let mut waiting_for_volume = false;
     if let Some(c) = scheduled
         && c.status == "False"
         && c.reason.as_deref() == Some("Unschedulable")
     {
-        problems.push(("Unschedulable", c.message.clone().unwrap_or_else(|| "no node can run the desktop".into())));
+        let message = c.message.clone().unwrap_or_else(|| "no node can run the desktop".into());
+        // The scheduler's word for a home volume still being provisioned: a stage, not a problem.
+        if message.contains("unbound immediate PersistentVolumeClaims") {
+            waiting_for_volume = true;
+        } else {
+            problems.push(("Unschedulable", message));
+        }
     }
     let statuses = status.init_container_statuses.iter().chain(&status.container_statuses).flatten();
     for s in statuses {
@@ -799,6 +869,7 @@ pub fn pod_phase_summary(pod: Option<&Pod>) -> (WorkspacePhase, Option<String>, 
 
     let message = match problems.first() {
         Some((_, message)) => message.clone(),
+        None if waiting_for_volume => "preparing the home volume".into(),
         None if scheduled.is_none_or(|c| c.status != "True") => "waiting for a node".into(),
         None if phase == "Running" => "waiting for the desktop to answer".into(),
         None => "starting the desktop container".into(),

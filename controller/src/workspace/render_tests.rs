@@ -91,6 +91,7 @@ fn host_route() -> RouteSettings {
         ingress_class: Some("traefik".into()),
         tls_secret: None,
         auth: ForwardAuth::None,
+        gateway: None,
     }
 }
 
@@ -553,6 +554,35 @@ fn ingress_routes_the_host_or_path_to_the_service(
     assert_eq!(url(&d, &settings), expected_url);
 }
 
+#[rstest]
+#[case::host(RouteMode::Host, "alice-py.platform.desk.example.com", "/", None)]
+#[case::path_strips_its_prefix(RouteMode::Path, "desk.example.com", "/workspaces/platform/alice-py/", Some("/"))]
+fn http_route_attaches_to_the_gateway_and_routes_to_the_service(
+    #[case] mode: RouteMode,
+    #[case] host: &str,
+    #[case] prefix: &str,
+    #[case] rewritten_to: Option<&str>,
+) {
+    let gateway = crate::gateway::ParentReference {
+        namespace: Some("infra".into()),
+        name: "web".into(),
+        section_name: Some("https".into()),
+    };
+    let settings = RouteSettings { mode, gateway: Some(gateway.clone()), ..host_route() };
+    let route = render_http_route(&alice(), &settings, &gateway);
+    assert_eq!(route.metadata.name.as_deref(), Some("alice-py"));
+    assert_eq!(route.metadata.owner_references.as_ref().map(Vec::len), Some(1), "goes with the workspace");
+    assert_eq!(route.spec.parent_refs, vec![gateway]);
+    assert_eq!(route.spec.hostnames, vec![host.to_string()]);
+    let rule = &route.spec.rules[0];
+    let matched = rule.matches[0].path.as_ref().unwrap();
+    assert_eq!((matched.type_.as_str(), matched.value.as_str()), ("PathPrefix", prefix));
+    let rewrite = rule.filters.iter().find_map(|f| f.url_rewrite.as_ref()?.path.as_ref());
+    assert_eq!(rewrite.and_then(|p| p.replace_prefix_match.as_deref()), rewritten_to);
+    assert_eq!((rule.backend_refs[0].name.as_str(), rule.backend_refs[0].port), ("alice-py", 6901));
+    assert_eq!(rule.timeouts.as_ref().unwrap().request.as_deref(), Some("0s"));
+}
+
 #[test]
 fn ingress_class_is_left_to_the_cluster_default_when_unset() {
     let settings = RouteSettings { ingress_class: None, ..host_route() };
@@ -630,6 +660,17 @@ status:
       status: "False"
       reason: Unschedulable
       message: "0/3 nodes are available: 3 Insufficient memory."
+"#;
+
+const VOLUME_BINDING: &str = r#"
+metadata: { name: alice-py-desktop }
+status:
+  phase: Pending
+  conditions:
+    - type: PodScheduled
+      status: "False"
+      reason: Unschedulable
+      message: "0/2 nodes are available: pod has unbound immediate PersistentVolumeClaims. not found"
 "#;
 
 const IMAGE_PULL_BACKOFF: &str = r#"
@@ -728,6 +769,12 @@ status:
     WorkspacePhase::Starting,
     Some("0/3 nodes are available: 3 Insufficient memory."),
     &[("Unschedulable", "0/3 nodes are available: 3 Insufficient memory.")],
+)]
+#[case::home_volume_being_provisioned(
+    Some(VOLUME_BINDING),
+    WorkspacePhase::Starting,
+    Some("preparing the home volume"),
+    &[]
 )]
 #[case::image_pull_backoff(
     Some(IMAGE_PULL_BACKOFF),

@@ -2,18 +2,19 @@
 //! user against the test cluster.
 #![allow(dead_code)] // each test binary uses a part
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use deskpod_controller::api::{Team, WorkspaceTemplate};
 use deskpod_controller::metrics::Metrics;
-use deskpod_controller::team::reconcile::{self, Context};
+use deskpod_controller::team::reconcile;
 use deskpod_controller::team::render::TeamSettings;
 use deskpod_controller::workspace::{
     self,
     render::{ForwardAuth, RouteMode, RouteSettings},
 };
-use deskpod_testsupport::{TestCluster, TestNamespace, client_from_kubeconfig, repo_root, wait_for};
+use deskpod_testsupport::{
+    RequestLog, TestCluster, TestNamespace, client_from_kubeconfig, recording_client, repo_root, wait_for,
+};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -35,6 +36,7 @@ pub fn route_settings() -> RouteSettings {
         ingress_class: None,
         tls_secret: None,
         auth: ForwardAuth::None,
+        gateway: None,
     }
 }
 
@@ -46,8 +48,75 @@ pub async fn start_controllers(ns: &TestNamespace) -> (tokio::task::JoinHandle<(
 
 /// A client for a fresh user bound only to the chart's ClusterRole.
 pub async fn controller_client(ns: &TestNamespace) -> Client {
-    // The controller's logs appear with a failing test's output.
-    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("deskpod_controller=debug").try_init();
+    let kubeconfig = controller_kubeconfig(ns).await;
+    let client = client_from_kubeconfig(&kubeconfig).await.expect("controller client");
+    wait_until_allowed(&client).await;
+    client
+}
+
+/// [`controller_client`] that records every request the controllers send.
+pub async fn recording_controller_client(ns: &TestNamespace) -> (Client, RequestLog) {
+    let kubeconfig = controller_kubeconfig(ns).await;
+    let (client, log) = recording_client(&kubeconfig).await.expect("controller client");
+    wait_until_allowed(&client).await;
+    (client, log)
+}
+
+/// Reconciles per workspace (`namespace/name`), counted from the Workspace controller's
+/// `reconcile` spans by [`install_tracing`]'s layer.
+static RECONCILES: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, u64>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// How many times the Workspace controller has reconciled `namespace/name` in this process.
+pub fn reconciles_of(workspace: &str) -> u64 {
+    RECONCILES.lock().unwrap().get(workspace).copied().unwrap_or(0)
+}
+
+/// The controller's logs go with a failing test's output (DESKPOD_TEST_LOG, an env-filter such as
+/// `kube_runtime=debug`, shows more), and its reconciles are counted per workspace.
+fn install_tracing() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
+
+    struct CountReconciles;
+    impl<S: tracing::Subscriber> Layer<S> for CountReconciles {
+        fn on_new_span(
+            &self,
+            attrs: &tracing::span::Attributes<'_>,
+            _: &tracing::span::Id,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            struct Workspace(Option<String>);
+            impl tracing::field::Visit for Workspace {
+                fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                    if field.name() == "workspace" {
+                        self.0 = Some(format!("{value:?}"));
+                    }
+                }
+            }
+            if attrs.metadata().name() != "reconcile" {
+                return;
+            }
+            let mut workspace = Workspace(None);
+            attrs.record(&mut workspace);
+            if let Some(key) = workspace.0 {
+                *RECONCILES.lock().unwrap().entry(key).or_default() += 1;
+            }
+        }
+    }
+
+    let filter =
+        EnvFilter::try_from_env("DESKPOD_TEST_LOG").unwrap_or_else(|_| EnvFilter::new("deskpod_controller=debug"));
+    let logs = tracing_subscriber::fmt::layer().with_test_writer().with_filter(filter);
+    let _ = tracing_subscriber::registry().with(logs).with(CountReconciles).try_init();
+}
+
+/// The kubeconfig of a fresh user bound only to the chart's ClusterRole.
+async fn controller_kubeconfig(ns: &TestNamespace) -> std::path::PathBuf {
+    // The controller's logs appear with a failing test's output; DESKPOD_TEST_LOG (an env-filter
+    // such as `kube_runtime=debug`) shows more.
+    install_tracing();
     let admin = &ns.client;
     let text = std::fs::read_to_string(repo_root().join("charts/deskpod/templates/controller-clusterrole.yaml"))
         .expect("chart ClusterRole");
@@ -64,21 +133,36 @@ pub async fn controller_client(ns: &TestNamespace) -> Client {
     }))
     .unwrap();
     Api::<ClusterRoleBinding>::all(admin.clone()).create(&PostParams::default(), &binding).await.expect("bind");
-    let kubeconfig = TestCluster::shared().user_kubeconfig(&user, &[]).expect("controller user");
-    let client = client_from_kubeconfig(&kubeconfig).await.expect("controller client");
-    wait_until_allowed(&client).await;
-    client
+    TestCluster::shared().user_kubeconfig(&user, &[]).expect("controller user")
+}
+
+/// How many reconciles `controller` (`team`, `workspace`) has run, read from the metrics the
+/// controllers registered (as Prometheus would scrape them).
+pub fn reconciles(registry: &Registry, controller: &str) -> u64 {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry).expect("metrics encode");
+    let series = format!("deskpod_controller_reconcile_total{{controller=\"{controller}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .map(|value| value.trim().parse().expect("a counter value"))
+        .unwrap_or(0)
 }
 
 /// Starts the Team and Workspace controllers with `client`, as a fresh process would.
 pub fn spawn_controllers(client: Client) -> (tokio::task::JoinHandle<()>, Registry) {
+    spawn_controllers_routed(client, route_settings())
+}
+
+/// [`spawn_controllers`] with other route settings.
+pub fn spawn_controllers_routed(client: Client, route: RouteSettings) -> (tokio::task::JoinHandle<()>, Registry) {
     let settings = TeamSettings { trusted_namespaces: vec!["deskpod-system".into()] };
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
-    let teams = Context::new(client.clone(), settings, metrics.clone());
-    let workspaces = workspace::reconcile::Context::new(client, route_settings(), metrics);
     let task = tokio::spawn(async move {
-        tokio::join!(reconcile::run(Arc::new(teams)), workspace::reconcile::run(Arc::new(workspaces)));
+        tokio::join!(
+            reconcile::run(client.clone(), settings, metrics.clone()),
+            workspace::reconcile::run(client, route, metrics)
+        );
     });
     (task, registry)
 }

@@ -278,16 +278,24 @@ fn harness_binary() -> Result<PathBuf> {
 /// Applies the CRDs committed under `charts/deskpod/crds` (what the chart installs) and waits
 /// until the API server serves them.
 async fn install_crds(client: Client) -> Result<()> {
-    let api: Api<CustomResourceDefinition> = Api::all(client);
     let dir = repo_root().join("charts/deskpod/crds");
     let entries = std::fs::read_dir(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
-    let mut names = Vec::new();
+    let mut paths = Vec::new();
     for entry in entries {
         let path = entry.map_err(|source| Error::Io { path: dir.clone(), source })?.path();
-        if path.extension().is_none_or(|e| e != "yaml") {
-            continue;
+        if path.extension().is_some_and(|e| e == "yaml") {
+            paths.push(path);
         }
-        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
+    }
+    install_crd_files(client, &paths).await
+}
+
+/// Applies CRD files and waits until the API server serves them.
+async fn install_crd_files(client: Client, paths: &[PathBuf]) -> Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client);
+    let mut names = Vec::new();
+    for path in paths {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.clone(), source })?;
         let crd: CustomResourceDefinition =
             serde_yaml_ng::from_str(&text).map_err(|source| Error::CrdYaml { path: path.clone(), source })?;
         let name = crd.metadata.name.clone().unwrap_or_default();
@@ -298,6 +306,84 @@ async fn install_crds(client: Client) -> Result<()> {
         wait_for(&api, &name, "CRD established", Duration::from_secs(30), crd_established).await?;
     }
     Ok(())
+}
+
+/// The Gateway API release whose CRDs [`install_gateway_api_crds`] installs.
+pub const GATEWAY_API_VERSION: &str = "v1.4.0";
+
+/// Installs the Gateway API's HTTPRoute CRD (standard channel), as a cluster with a Gateway
+/// implementation has it. The CRD comes from the `sigs.k8s.io/gateway-api` Go module, fetched
+/// through the Go module proxy like the rest of the test cluster.
+pub async fn install_gateway_api_crds(client: Client) -> Result<()> {
+    let module = format!("sigs.k8s.io/gateway-api@{GATEWAY_API_VERSION}");
+    let output = Command::new("go")
+        .args(["mod", "download", "-json", &module])
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|source| Error::Io { path: "go".into(), source })?;
+    #[derive(Deserialize)]
+    struct Download {
+        #[serde(rename = "Dir")]
+        dir: PathBuf,
+    }
+    let download: Download = serde_json::from_slice(&output.stdout)
+        .map_err(|e| Error::StartCluster(format!("`go mod download {module}` printed no module directory: {e}")))?;
+    let crd = download.dir.join("config/crd/standard/gateway.networking.k8s.io_httproutes.yaml");
+    install_crd_files(client, &[crd]).await
+}
+
+/// Every request a [`recording_client`] sent, as (method, path and query).
+#[derive(Clone, Default)]
+pub struct RequestLog(std::sync::Arc<Mutex<Vec<(http::Method, String)>>>);
+
+impl RequestLog {
+    fn record<B>(&self, request: &http::Request<B>) {
+        let path = request.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
+        self.0.lock().expect("request log").push((request.method().clone(), path));
+    }
+
+    /// How many requests were sent so far; a mark for [`RequestLog::writes_since`].
+    pub fn len(&self) -> usize {
+        self.0.lock().expect("request log").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The writes (anything but GET) sent after `mark` whose path contains `fragment`, as
+    /// `METHOD path` lines.
+    pub fn writes_since(&self, mark: usize, fragment: &str) -> Vec<String> {
+        self.since(mark, |method, path| method != http::Method::GET && path.contains(fragment))
+    }
+
+    /// Every request sent after `mark` whose path contains `fragment`, as `METHOD path` lines.
+    pub fn requests_since(&self, mark: usize, fragment: &str) -> Vec<String> {
+        self.since(mark, |_, path| path.contains(fragment))
+    }
+
+    fn since(&self, mark: usize, keep: impl Fn(&http::Method, &str) -> bool) -> Vec<String> {
+        let log = self.0.lock().expect("request log");
+        log[mark..].iter().filter(|(m, p)| keep(m, p)).map(|(m, p)| format!("{m} {p}")).collect()
+    }
+}
+
+/// A client for the user of `kubeconfig` that records every request it sends.
+pub async fn recording_client(kubeconfig: &Path) -> Result<(Client, RequestLog)> {
+    let config = Config::from_custom_kubeconfig(
+        Kubeconfig::read_from(kubeconfig).map_err(|source| Error::Kubeconfig { path: kubeconfig.into(), source })?,
+        &KubeConfigOptions::default(),
+    )
+    .await
+    .map_err(|source| Error::Kubeconfig { path: kubeconfig.into(), source })?;
+    let log = RequestLog::default();
+    let recorder = log.clone();
+    let record = tower::util::MapRequestLayer::new(move |request: http::Request<kube::client::Body>| {
+        recorder.record(&request);
+        request
+    });
+    let client = kube::client::ClientBuilder::try_from(config)?.with_layer(&record).build();
+    Ok((client, log))
 }
 
 fn crd_established(crd: Option<&CustomResourceDefinition>) -> bool {

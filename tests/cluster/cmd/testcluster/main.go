@@ -164,6 +164,7 @@ are in DIR/logs. Exit status: 0 after a requested shutdown, 1 on failure.`)
 	comp := componentsFlag(fs)
 	fs.DurationVar(&o.Timeout, "timeout", 3*time.Minute, "how long to wait for the cluster to become ready (after the build)")
 	fs.BoolVar(&o.Keep, "keep", false, "keep DIR (logs, pki, kubeconfig, etcd data) after shutdown")
+	fs.StringVar(&o.AuditLog, "audit-log", "", "write kube-apiserver's audit log (one JSON line per request, Metadata level) to this file")
 	fs.BoolVar(&o.NoStdin, "no-stdin", false, "do not shut down on EOF on stdin (for interactive use; stop with Ctrl-C)")
 	if ok, code := parse(fs, args); !ok {
 		return code

@@ -35,6 +35,7 @@ type UpOptions struct {
 	ComponentsDir string        // components/ source dir (for building)
 	Keep          bool          // keep DIR after teardown
 	NoStdin       bool          // do not tear down on EOF on stdin
+	AuditLog      string        // "" = no audit log; else kube-apiserver writes one JSON line per request here
 	Timeout       time.Duration // startup timeout (after the build)
 }
 
@@ -82,6 +83,38 @@ type supervisor struct {
 	api       *apiClient
 	server    string
 	ports     map[string]int
+}
+
+// auditPolicy records every request at the Metadata level (who, verb, object; no bodies), once,
+// when the response is complete.
+const auditPolicy = `apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived, ResponseStarted]
+rules:
+  - level: Metadata
+`
+
+// auditArgs are kube-apiserver's audit flags for --audit-log: blocking mode, so that every
+// request is in the file when its response has been sent (benchmarks count them).
+func (s *supervisor) auditArgs() ([]string, error) {
+	if s.opts.AuditLog == "" {
+		return nil, nil
+	}
+	path, err := filepath.Abs(s.opts.AuditLog)
+	if err != nil {
+		return nil, err
+	}
+	policy := filepath.Join(s.dir, "audit-policy.yaml")
+	if err := os.WriteFile(policy, []byte(auditPolicy), 0o600); err != nil {
+		return nil, err
+	}
+	return []string{
+		"--audit-policy-file=" + policy,
+		"--audit-log-path=" + path,
+		"--audit-log-format=json",
+		"--audit-log-mode=blocking",
+		"--audit-log-maxbackup=0",
+	}, nil
 }
 
 func (s *supervisor) logf(format string, args ...any) {
@@ -288,41 +321,45 @@ func (s *supervisor) start(ctx context.Context) error {
 	s.ports["etcdClient"], s.ports["etcdPeer"] = etcdPorts[0], etcdPorts[1]
 
 	// kube-apiserver.
+	auditArgs, err := s.auditArgs()
+	if err != nil {
+		return err
+	}
 	apiPorts, err := s.startWithRetry(ctx, nAPIServer, 1, func(pt []int) []string {
-		return []string{
+		return append(auditArgs,
 			"--bind-address=127.0.0.1",
 			"--advertise-address=127.0.0.1",
 			// Since 1.37 the lease endpoint reconciler rejects a loopback
 			// advertise address; the kubernetes Service then has no endpoints,
 			// which nothing here needs (kwok pods do not run).
 			"--endpoint-reconciler-type=none",
-			"--secure-port=" + strconv.Itoa(pt[0]),
-			"--cert-dir=" + filepath.Join(s.dir, "pki"),
-			"--tls-cert-file=" + p("apiserver.crt"),
-			"--tls-private-key-file=" + p("apiserver.key"),
-			"--client-ca-file=" + p("ca.crt"),
-			"--etcd-servers=" + fmt.Sprintf("http://127.0.0.1:%d", s.ports["etcdClient"]),
+			"--secure-port="+strconv.Itoa(pt[0]),
+			"--cert-dir="+filepath.Join(s.dir, "pki"),
+			"--tls-cert-file="+p("apiserver.crt"),
+			"--tls-private-key-file="+p("apiserver.key"),
+			"--client-ca-file="+p("ca.crt"),
+			"--etcd-servers="+fmt.Sprintf("http://127.0.0.1:%d", s.ports["etcdClient"]),
 			"--authorization-mode=Node,RBAC",
 			"--allow-privileged=true",
-			"--service-cluster-ip-range=" + ServiceCIDR,
-			"--service-account-issuer=https://kubernetes.default.svc." + ClusterDomain,
-			"--service-account-key-file=" + p("sa.pub"),
-			"--service-account-signing-key-file=" + p("sa.key"),
+			"--service-cluster-ip-range="+ServiceCIDR,
+			"--service-account-issuer=https://kubernetes.default.svc."+ClusterDomain,
+			"--service-account-key-file="+p("sa.pub"),
+			"--service-account-signing-key-file="+p("sa.key"),
 			// Aggregation-layer front proxy, as kubeadm sets it up; without it
 			// every delegating component logs missing requestheader CA errors.
-			"--requestheader-client-ca-file=" + p("front-proxy-ca.crt"),
+			"--requestheader-client-ca-file="+p("front-proxy-ca.crt"),
 			"--requestheader-allowed-names=front-proxy-client",
 			"--requestheader-username-headers=X-Remote-User",
 			"--requestheader-group-headers=X-Remote-Group",
 			"--requestheader-extra-headers-prefix=X-Remote-Extra-",
-			"--proxy-client-cert-file=" + p("front-proxy-client.crt"),
-			"--proxy-client-key-file=" + p("front-proxy-client.key"),
-			"--kubelet-client-certificate=" + p("apiserver-kubelet-client.crt"),
-			"--kubelet-client-key=" + p("apiserver-kubelet-client.key"),
+			"--proxy-client-cert-file="+p("front-proxy-client.crt"),
+			"--proxy-client-key-file="+p("front-proxy-client.key"),
+			"--kubelet-client-certificate="+p("apiserver-kubelet-client.crt"),
+			"--kubelet-client-key="+p("apiserver-kubelet-client.key"),
 			// Nodes are kwok nodes whose InternalIP is 127.0.0.1; never resolve hostnames.
 			"--kubelet-preferred-address-types=InternalIP",
 			"--profiling=false",
-		}
+		)
 	}, func(ctx context.Context, pt []int) error {
 		if err := s.setServer(pt[0]); err != nil {
 			return err
@@ -372,6 +409,10 @@ func (s *supervisor) start(ctx context.Context) error {
 			"--resource-quota-sync-period=15s",
 			// Dynamic provisioning for the default StorageClass (see StorageClassObject).
 			"--enable-hostpath-provisioner=true",
+			// The default client limits (20 requests/s per controller) make the volume binder
+			// provision about one claim a second: hundreds of workspaces would wait minutes.
+			"--kube-api-qps=200",
+			"--kube-api-burst=400",
 		}
 	}, securePortHealth)
 	if err != nil {
