@@ -55,6 +55,7 @@ struct Context {
     failures: Backoff,
     /// Publishes Events on Workspaces (shown by `kubectl describe workspace`).
     recorder: Recorder,
+    stages: Stages,
     owned: Owned,
 }
 
@@ -152,15 +153,16 @@ async fn reconcile_workspace(ws: &Workspace, ctx: &Context) -> Result<Action> {
                 problems: vec![(invalid.reason, invalid.message)],
                 url: None,
             };
+            // A Failed phase is never deferred (see write_status).
             write_status(ctx, ws, outcome).await?;
             // Nothing to retry until the workspace, its template or its team changes (watched).
             return Ok(Action::await_change());
         }
     };
 
-    apply_if_changed(client, &owned.volumes, &render::render_home_pvc(&desired)).await?;
-    apply_if_changed(client, &owned.services, &render::render_service(&desired)).await?;
-    apply_route(ctx, &desired).await?;
+    // The home volume first and the pod next: the pod waits on the volume, the route on nothing.
+    let home = apply_if_changed(client, &owned.volumes, &render::render_home_pvc(&desired)).await?;
+    let home = home.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let pod_name = render::pod_name(&desired.name);
@@ -179,8 +181,7 @@ async fn reconcile_workspace(ws: &Workspace, ctx: &Context) -> Result<Action> {
             }
         }
         (true, Some(pod)) => {
-            let (phase, message, problems) = render::pod_phase_summary(Some(&pod));
-            let outcome = Outcome { phase, message, problems, url };
+            let outcome = starting_outcome(&pod, home, url);
             match idle_check(ws, &desired, &outcome) {
                 IdleCheck::Active(Some(wake)) => next = Action::requeue(wake),
                 IdleCheck::Active(None) => {}
@@ -189,10 +190,7 @@ async fn reconcile_workspace(ws: &Workspace, ctx: &Context) -> Result<Action> {
             outcome
         }
         (true, None) => match create_pod(client, &pods, &desired).await? {
-            Ok(pod) => {
-                let (phase, message, problems) = render::pod_phase_summary(Some(&pod));
-                Outcome { phase, message, problems, url }
-            }
+            Ok(pod) => starting_outcome(&pod, home, url),
             Err(kube::Error::Api(status)) if status.is_forbidden() && status.message.contains("exceeded quota") => {
                 Outcome {
                     phase: WorkspacePhase::Pending,
@@ -224,8 +222,26 @@ async fn reconcile_workspace(ws: &Workspace, ctx: &Context) -> Result<Action> {
         }
         (false, None) => Outcome { phase: WorkspacePhase::Stopped, message: None, problems: vec![], url: None },
     };
-    write_status(ctx, ws, outcome).await?;
+    apply_if_changed(client, &owned.services, &render::render_service(&desired)).await?;
+    apply_route(ctx, &desired).await?;
+    if let Some(later) = write_status(ctx, ws, outcome).await? {
+        next = Action::requeue(later);
+    }
     Ok(next)
+}
+
+/// Where a workspace with a pod stands. Until its home volume is bound the pod can only wait for
+/// it, so that is what the workspace says, rather than "waiting for a node" or the scheduler's
+/// complaints about a claim it has not seen bound yet; scheduling problems count once it is.
+fn starting_outcome(pod: &Pod, home_bound: bool, url: Option<String>) -> Outcome {
+    let (phase, mut message, mut problems) = render::pod_phase_summary(Some(pod));
+    if phase == WorkspacePhase::Starting && !home_bound {
+        problems.retain(|(reason, _)| *reason != "Unschedulable");
+        if problems.is_empty() {
+            message = Some(render::PREPARING_HOME.into());
+        }
+    }
+    Outcome { phase, message, problems, url }
 }
 
 /// Applies the Ingress, or the HTTPRoute when workspaces are routed through a Gateway (then an
@@ -408,7 +424,13 @@ fn status_conditions(ws: &Workspace, outcome: &Outcome, now: &Time) -> Vec<Condi
 }
 
 /// Writes the status when it changed, and an Event when the workspace runs into a new problem.
-async fn write_status(ctx: &Context, ws: &Workspace, outcome: Outcome) -> Result<()> {
+///
+/// A change of the message alone while the desktop is starting (its stages: volume, node,
+/// container, ...) is written once the new stage has lasted [`STAGE_SETTLE`]: stages that pass
+/// in a blink (scheduled, then running a moment later) neither flicker on the page nor cost a
+/// write each. Phases and conditions are written at once. Returns when to look again if a write
+/// was put off.
+async fn write_status(ctx: &Context, ws: &Workspace, outcome: Outcome) -> Result<Option<Duration>> {
     let now = Time(Timestamp::now());
     let previous = ws.status.clone().unwrap_or_default();
     let started_at = match outcome.phase {
@@ -426,7 +448,17 @@ async fn write_status(ctx: &Context, ws: &Workspace, outcome: Outcome) -> Result
         conditions: status_conditions(ws, &outcome, &now),
     };
     if ws.status.as_ref() == Some(&status) {
-        return Ok(());
+        return Ok(None);
+    }
+    // Conditions compared by type, status and reason: Ready's message repeats the stage.
+    let gist = |c: &Condition| (c.type_.clone(), c.status.clone(), c.reason.clone());
+    let stage_only = ws.status.as_ref().is_some_and(|old| {
+        old.phase == status.phase
+            && matches!(status.phase, WorkspacePhase::Creating | WorkspacePhase::Starting)
+            && old.conditions.iter().map(gist).eq(status.conditions.iter().map(gist))
+    });
+    if stage_only && let Some(wait) = ctx.stages.unsettled(&key(ws), status.message.as_deref().unwrap_or_default()) {
+        return Ok(Some(wait));
     }
     let api: Api<Workspace> = Api::namespaced(ctx.client.clone(), &ws.namespace().unwrap_or_default());
     api.patch_status(
@@ -436,6 +468,7 @@ async fn write_status(ctx: &Context, ws: &Workspace, outcome: Outcome) -> Result
     )
     .await
     .map_err(|source| Error::Apply { kind: "Workspace status".into(), name: ws.name_any(), source })?;
+    ctx.stages.forget(&key(ws));
 
     // The controller's own decisions get an Event; what the pod goes through (scheduling, image
     // pulls, crashes) already has Events on the pod from the scheduler and the kubelet.
@@ -448,7 +481,35 @@ async fn write_status(ctx: &Context, ws: &Workspace, outcome: Outcome) -> Result
     {
         publish(ctx, ws, EventType::Warning, reason, message.clone()).await;
     }
-    Ok(())
+    Ok(None)
+}
+
+/// How long a starting desktop's new stage must last before it is written.
+const STAGE_SETTLE: Duration = Duration::from_millis(500);
+
+/// Stage messages waiting to settle: workspace key → (message, since when).
+#[derive(Default)]
+struct Stages(std::sync::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>);
+
+impl Stages {
+    /// How much longer `message` must last for `key` before it is written; `None`: write it now.
+    fn unsettled(&self, key: &str, message: &str) -> Option<Duration> {
+        let mut stages = self.0.lock().expect("stages");
+        if let Some((pending, since)) = stages.get(key)
+            && pending == message
+        {
+            return STAGE_SETTLE.checked_sub(since.elapsed()).filter(|d| !d.is_zero());
+        }
+        // Entries of workspaces that went away are dropped with the next new stage of another.
+        stages.retain(|_, (_, since)| since.elapsed() < Duration::from_secs(60));
+        stages.insert(key.to_string(), (message.to_string(), std::time::Instant::now()));
+        Some(STAGE_SETTLE)
+    }
+
+    /// The status was written: nothing waits any more.
+    fn forget(&self, key: &str) {
+        self.0.lock().expect("stages").remove(key);
+    }
 }
 
 /// Publishes an Event on the Workspace; failing to is logged, never fatal.
@@ -493,6 +554,7 @@ pub async fn run(client: Client, route: RouteSettings, metrics: Metrics) {
         metrics,
         failures: Backoff::default(),
         recorder: Recorder::new(client.clone(), reporter),
+        stages: Stages::default(),
         owned: Owned { pods, volumes, services, ingresses, http_routes, teams, templates },
     });
 

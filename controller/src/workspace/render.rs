@@ -790,6 +790,9 @@ pub fn render_http_route(d: &DesiredWorkspace, settings: &RouteSettings, gateway
 /// A problem seen on the pod: a CamelCase reason (for conditions and events) and a message.
 pub type Problem = (&'static str, String);
 
+/// The stage message while the home volume is provisioned.
+pub const PREPARING_HOME: &str = "preparing the home volume";
+
 /// Container waiting reasons that mean the image cannot be pulled.
 const IMAGE_PULL_FAILURES: [&str; 3] = ["ErrImagePull", "ImagePullBackOff", "InvalidImageName"];
 
@@ -869,7 +872,7 @@ pub fn pod_phase_summary(pod: Option<&Pod>) -> (WorkspacePhase, Option<String>, 
 
     let message = match problems.first() {
         Some((_, message)) => message.clone(),
-        None if waiting_for_volume => "preparing the home volume".into(),
+        None if waiting_for_volume => PREPARING_HOME.into(),
         None if scheduled.is_none_or(|c| c.status != "True") => "waiting for a node".into(),
         None if phase == "Running" => "waiting for the desktop to answer".into(),
         None => "starting the desktop container".into(),
