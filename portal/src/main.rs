@@ -1,30 +1,180 @@
 //! `deskpod-portal`: serves the Deskpod web portal.
 #![forbid(unsafe_code)]
 
+use std::io::Write;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use deskpod_portal::account::{self, AdminBootstrap};
+use deskpod_portal::backend::kubernetes::{KubernetesBackend, KubernetesOptions};
+use deskpod_portal::http::desktop::NovncDir;
+use deskpod_portal::{AppState, Config, Keys, PublicUrl, SqliteStore, StaticMemberships};
+
+const ENVIRONMENT_HELP: &str = "\
+Secrets are read from the environment only, never from flags:
+  DESKPOD_JWT_KEY         session signing key, at least 32 bytes. Unset: one is generated on first
+                          start and kept in the database.
+  DESKPOD_ADMIN_PASSWORD  password of the first admin, used only when no admin exists. Unset: a
+                          password is generated and printed once to standard output.";
 
 #[derive(Parser)]
-#[command(name = "deskpod-portal", version, about = "Deskpod's web portal")]
+#[command(name = "deskpod-portal", version, about = "Deskpod's web portal", after_help = ENVIRONMENT_HELP)]
 struct Cli {
     /// Address to listen on.
     #[arg(long, env = "DESKPOD_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+
+    /// SQLite database holding users, password hashes, API tokens, invites, the audit log and the
+    /// generated session signing key. A relative path is relative to the working directory; the
+    /// file is created (mode 0600) on first start. `:memory:` keeps everything in memory only.
+    #[arg(long, env = "DESKPOD_DATABASE", default_value = "./deskpod.db")]
+    database: PathBuf,
+
+    /// Where users reach the portal; used in invite links. Cookies are `Secure` unless this is
+    /// plain http on localhost, 127.0.0.1 or [::1].
+    #[arg(long, env = "DESKPOD_PUBLIC_URL", default_value = "http://127.0.0.1:8080")]
+    public_url: String,
+
+    /// How long a sign-in lasts, e.g. 12h, 90m or 1h30m.
+    #[arg(long, env = "DESKPOD_SESSION_LIFETIME", default_value = "12h", value_parser = parse_lifetime)]
+    session_lifetime: Duration,
+
+    /// E-mail address of the admin created on first start, when there is no admin.
+    #[arg(long, env = "DESKPOD_ADMIN_EMAIL", default_value = account::DEFAULT_ADMIN_EMAIL)]
+    admin_email: String,
+
+    /// Where workspaces run. `kubernetes`: Team, WorkspaceTemplate and Workspace objects that
+    /// deskpod-controller reconciles, through the in-cluster config or $KUBECONFIG; team
+    /// memberships come from the Teams. `none`: identity only (sign-in, tokens, invites), nobody
+    /// is in a team.
+    #[arg(long, env = "DESKPOD_BACKEND", value_enum, default_value_t = BackendKind::None)]
+    backend: BackendKind,
+
+    /// TEST-ONLY, never in production: with `--backend kubernetes`, honour the Workspace
+    /// annotation `deskpod.io/desktop-endpoint: 127.0.0.1:<port>` as the desktop's address
+    /// instead of its Service. For test clusters whose (kwok) pods run no desktop. Anyone who may
+    /// annotate a Workspace could point the portal's desktop proxy anywhere.
+    #[arg(long)]
+    allow_desktop_endpoint_override: bool,
+
+    /// Debian's `novnc` package files, served under /novnc/ for the desktop view (no CDN).
+    #[arg(long, env = "DESKPOD_NOVNC_DIR", default_value = "/usr/share/novnc")]
+    novnc_dir: PathBuf,
+}
+
+/// The `--backend` choices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum BackendKind {
+    /// Workspaces on Kubernetes.
+    Kubernetes,
+    /// No workspaces (identity only).
+    None,
+}
+
+/// A session lifetime between one minute and 30 days.
+fn parse_lifetime(raw: &str) -> Result<Duration, String> {
+    let parsed: jiff::SignedDuration =
+        raw.parse().map_err(|_| format!("{raw:?} is not a duration; write it like 12h, 90m or 1h30m"))?;
+    let lifetime = Duration::try_from(parsed).map_err(|_| "the lifetime must be positive".to_owned())?;
+    if !(Duration::from_secs(60)..=Duration::from_secs(30 * 24 * 3600)).contains(&lifetime) {
+        return Err("the lifetime must be between 1m and 720h".into());
+    }
+    Ok(lifetime)
+}
+
+/// Reads a secret from the environment; unset or empty is `None`.
+fn secret_from_env(name: &str) -> anyhow::Result<Option<String>> {
+    match std::env::var(name) {
+        Ok(value) if value.is_empty() => Ok(None),
+        Ok(value) => Ok(Some(value)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => anyhow::bail!("{name} is not valid UTF-8"),
+    }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
     let cli = Cli::parse();
+    let public_url = PublicUrl::parse(&cli.public_url)?;
+    if !public_url.secure_cookies() {
+        tracing::warn!(public_url = %public_url.as_str(), "cookies are not Secure: fine for local development only");
+    }
+    let config = Config { public_url, session_lifetime: cli.session_lifetime };
+
+    let store = SqliteStore::open(&cli.database)
+        .await
+        .with_context(|| format!("opening the database {}", cli.database.display()))?;
+    let keys = Keys::load(&store, secret_from_env("DESKPOD_JWT_KEY")?.as_deref()).await?;
+    let bootstrap = account::ensure_admin(&store, &cli.admin_email, secret_from_env("DESKPOD_ADMIN_PASSWORD")?).await?;
+    if let AdminBootstrap::Created { email, generated_password } = bootstrap {
+        tracing::info!(admin = %email, "created the first admin account");
+        if let Some(password) = generated_password {
+            // Printed once, to standard output only; never logged.
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "Created the first admin account {email} with the password:\n\n    {password}\n")?;
+            writeln!(out, "Sign in at {} and keep it safe: it is not shown again.", config.public_url.join("/signin"))?;
+            out.flush()?;
+        }
+    }
+
+    // Without a backend nobody is in a team (admins can still do everything an admin may).
+    let memberships = Arc::new(StaticMemberships::new());
+    let mut state = AppState::new(config, Arc::new(store), keys, memberships);
+    match cli.backend {
+        BackendKind::Kubernetes => {
+            let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
+            let allow_endpoint_override = cli.allow_desktop_endpoint_override;
+            if allow_endpoint_override {
+                tracing::warn!("--allow-desktop-endpoint-override is set: for tests only, never in production");
+            }
+            let backend = KubernetesBackend::start(client, KubernetesOptions { allow_endpoint_override })
+                .await
+                .context("starting the Kubernetes backend")?;
+            state = state.with_backend(Arc::new(backend));
+        }
+        BackendKind::None => {
+            anyhow::ensure!(
+                !cli.allow_desktop_endpoint_override,
+                "--allow-desktop-endpoint-override needs --backend kubernetes"
+            );
+        }
+    }
+
     let listener =
         tokio::net::TcpListener::bind(cli.listen).await.with_context(|| format!("binding {}", cli.listen))?;
     tracing::info!(address = %cli.listen, "portal listening");
-    axum::serve(listener, deskpod_portal::app()).with_graceful_shutdown(shutdown_signal()).await?;
+    let app = deskpod_portal::app(state).layer(axum::Extension(NovncDir(cli.novnc_dir)));
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
     Ok(())
 }
 
 async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_lifetimes() {
+        assert_eq!(parse_lifetime("12h"), Ok(Duration::from_secs(12 * 3600)));
+        assert_eq!(parse_lifetime("1h30m"), Ok(Duration::from_secs(5400)));
+        assert!(parse_lifetime("30s").unwrap_err().contains("between 1m and 720h"));
+        assert!(parse_lifetime("-1h").is_err());
+        assert!(parse_lifetime("soon").unwrap_err().contains("not a duration"));
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 }

@@ -1,0 +1,659 @@
+//! The Kubernetes backend: Teams, WorkspaceTemplates and Workspaces are objects of Deskpod's API
+//! (`deskpod.io/v1alpha1`), and deskpod-controller turns them into namespaces, pods and services.
+//!
+//! - **Memberships** come from the Teams' `spec.members`, read from a cache kept by a watch
+//!   (a kube-runtime reflector), so authorizing a request costs no API call. A member removed or
+//!   added is seen as soon as the watch reports it (milliseconds).
+//! - **Creating** a workspace checks, before anything is written, what the portal can know
+//!   cheaply: the name, that the template exists, the controller's own validation against the
+//!   team's per-workspace limits, and the team's remaining workspace count and storage (from the
+//!   cached Team's quota status). The API server's admission (CRD validation, the team's
+//!   ResourceQuota) decides last; its refusal is passed on in its own words. One object is
+//!   created, or none.
+//! - **The desktop** of a running workspace answers at its Service (`<ws>`, port `vnc`), with
+//!   the password from the `<ws>-vnc` Secret. For tests, whose kwok pods run nothing, a backend
+//!   built with [`KubernetesOptions::allow_endpoint_override`] honours the Workspace annotation
+//!   [`DESKTOP_ENDPOINT_ANNOTATION`] (`127.0.0.1:5901`) instead. That option is off by default
+//!   and must stay off in production: whoever may annotate a Workspace could send the portal's
+//!   proxy anywhere.
+//! - **Input** for idle culling is recorded in the Workspace annotation
+//!   [`LAST_ACTIVITY_ANNOTATION`] (RFC 3339) with a merge patch.
+//!
+//! The portal needs, cluster-wide: get/list/watch Teams and WorkspaceTemplates; get/list/create/
+//! patch/delete Workspaces; get Services and Secrets in team namespaces.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use deskpod_controller::api::{
+    DesktopProtocol, HomeVolume, Team, TeamRole as TeamObjectRole, Workspace, WorkspacePhase, WorkspaceSpec,
+    WorkspaceTemplate,
+};
+use deskpod_controller::quantity::{self, Milli};
+use deskpod_controller::workspace::idle::LAST_ACTIVITY_ANNOTATION;
+use deskpod_controller::workspace::render::{
+    self, OWNER_HASH_LABEL, VNC_PASSWORD_KEY, owner_hash, service_name, vnc_secret_name,
+};
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use tracing::Instrument;
+
+use super::{
+    Backend, BackendError, BackendResult, DesktopEndpoint, MemberView, NewWorkspace, Phase, Protocol, QuotaUse,
+    TeamView, TemplateView, WorkspaceView,
+};
+use crate::authz::{Membership, TeamRole};
+use crate::membership::MembershipSource;
+
+/// Workspace annotation naming where the desktop answers (`127.0.0.1:5901`), honoured only by a
+/// backend built with [`KubernetesOptions::allow_endpoint_override`] (tests, whose kwok pods run
+/// no desktop).
+pub const DESKTOP_ENDPOINT_ANNOTATION: &str = "deskpod.io/desktop-endpoint";
+/// The field manager of the portal's writes.
+pub const FIELD_MANAGER: &str = "deskpod-portal";
+/// The longest workspace name: the controller's rule for every Deskpod object name.
+pub const MAX_WORKSPACE_NAME_LEN: usize = 40;
+/// The ResourceQuota key counting a team's workspaces.
+pub const WORKSPACE_COUNT_QUOTA: &str = "count/workspaces.deskpod.io";
+/// The ResourceQuota key of a team's home volume storage.
+pub const STORAGE_QUOTA: &str = "requests.storage";
+/// How long [`KubernetesBackend::start`] waits for the first list of Teams.
+const CACHE_SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How the backend behaves beyond the defaults.
+#[derive(Clone, Debug, Default)]
+pub struct KubernetesOptions {
+    /// Honour [`DESKTOP_ENDPOINT_ANNOTATION`] on Workspaces. Test-only: never in production.
+    pub allow_endpoint_override: bool,
+}
+
+/// Workspaces on Kubernetes, reconciled by deskpod-controller.
+pub struct KubernetesBackend {
+    client: Client,
+    teams: Store<Team>,
+    options: KubernetesOptions,
+    /// The watch that keeps `teams` current; aborted when the backend is dropped.
+    team_watch: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for KubernetesBackend {
+    fn drop(&mut self) {
+        self.team_watch.abort();
+    }
+}
+
+/// Whether `name` may name a workspace; the message says what is wrong. The controller's rule for
+/// every Deskpod object: a DNS label of at most 40 characters (derived names such as
+/// `<ws>-desktop` must stay valid).
+pub fn validate_workspace_name(name: &str) -> Result<(), String> {
+    const RULE: &str = "lowercase letters, digits and '-', starting with a letter and not ending with '-'";
+    if name.is_empty() {
+        return Err("a workspace needs a name".into());
+    }
+    if name.chars().count() > MAX_WORKSPACE_NAME_LEN {
+        return Err(format!(
+            "the name is {} characters long; a workspace name has at most {MAX_WORKSPACE_NAME_LEN}",
+            name.chars().count()
+        ));
+    }
+    let bytes = name.as_bytes();
+    let allowed = bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
+    if !allowed || !bytes[0].is_ascii_lowercase() || bytes[bytes.len() - 1] == b'-' {
+        return Err(format!("{name:?} is not a valid workspace name: use {RULE}"));
+    }
+    Ok(())
+}
+
+/// Why the team's quota cannot take one more workspace whose home volume is `home_size`, judged
+/// from the quota status the controller mirrors on the Team; `None` when it can (or the team sets
+/// no such quota). Running pods are not checked: a workspace over the pod, CPU or memory quota is
+/// accepted and waits for capacity, as the controller reports.
+pub fn quota_refusal(team: &Team, home_size: &Quantity) -> Option<String> {
+    let status = team.status.as_ref()?;
+    let amount =
+        |map: &BTreeMap<String, Quantity>, key: &str| map.get(key).and_then(|q| quantity::parse_quantity(q).ok());
+    let name = team.name_any();
+    if let Some(hard) = amount(&status.quota_hard, WORKSPACE_COUNT_QUOTA) {
+        let used = amount(&status.quota_used, WORKSPACE_COUNT_QUOTA).unwrap_or(Milli(0));
+        if used >= hard {
+            return Some(format!(
+                "team {name} has all {} of its workspaces in use; delete one, or ask an admin for a larger quota",
+                hard.0 / 1000
+            ));
+        }
+    }
+    if let (Some(hard), Ok(wanted)) = (amount(&status.quota_hard, STORAGE_QUOTA), quantity::parse_quantity(home_size)) {
+        let used = amount(&status.quota_used, STORAGE_QUOTA).unwrap_or(Milli(0));
+        if used.0 + wanted.0 > hard.0 {
+            let quota = &status.quota_hard[STORAGE_QUOTA].0;
+            let in_use = status.quota_used.get(STORAGE_QUOTA).map_or("0", |q| q.0.as_str());
+            return Some(format!(
+                "the home volume ({}) does not fit in team {name}'s storage quota: {in_use} of {quota} is in use",
+                home_size.0
+            ));
+        }
+    }
+    None
+}
+
+impl KubernetesBackend {
+    /// Starts watching Teams and returns once the first list is in the cache.
+    pub async fn start(client: Client, options: KubernetesOptions) -> BackendResult<Self> {
+        let (teams, writer) = reflector::store();
+        let events =
+            watcher(Api::<Team>::all(client.clone()), watcher::Config::default()).default_backoff().reflect(writer);
+        let team_watch = tokio::spawn(
+            events
+                .for_each(|event| {
+                    if let Err(error) = event {
+                        tracing::warn!(%error, "watching Teams failed; retrying");
+                    }
+                    std::future::ready(())
+                })
+                .instrument(tracing::info_span!("team_watch")),
+        );
+        let backend = Self { client, teams, options, team_watch };
+        match tokio::time::timeout(CACHE_SYNC_TIMEOUT, backend.teams.wait_until_ready()).await {
+            Ok(Ok(())) => Ok(backend),
+            _ => Err(BackendError::Unavailable(format!(
+                "could not list Teams within {}s; is the API server reachable and are Deskpod's CRDs installed?",
+                CACHE_SYNC_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    fn cached_team(&self, team: &str) -> Option<std::sync::Arc<Team>> {
+        self.teams.get(&ObjectRef::new(team))
+    }
+
+    fn workspaces_api(&self, team: &str) -> Api<Workspace> {
+        Api::namespaced(self.client.clone(), &team_namespace(team))
+    }
+
+    async fn get_workspace(&self, team: &str, name: &str) -> BackendResult<Option<Workspace>> {
+        if validate_workspace_name(name).is_err() {
+            return Ok(None);
+        }
+        self.workspaces_api(team).get_opt(name).await.map_err(|e| unavailable("reading a workspace", e))
+    }
+
+    async fn create(&self, new: NewWorkspace) -> BackendResult<WorkspaceView> {
+        validate_workspace_name(&new.name).map_err(BackendError::Invalid)?;
+        let team = self
+            .cached_team(&new.team)
+            .ok_or_else(|| BackendError::NotFound(format!("team {} does not exist", new.team)))?;
+        let template = Api::<WorkspaceTemplate>::all(self.client.clone())
+            .get_opt(&new.template)
+            .await
+            .map_err(|e| unavailable("reading a template", e))?
+            .ok_or_else(|| {
+                BackendError::Invalid(format!(
+                    "template {:?} does not exist; the catalog lists those that do",
+                    new.template
+                ))
+            })?;
+        let namespace = team_namespace(&new.team);
+        let mut workspace = Workspace::new(
+            &new.name,
+            WorkspaceSpec {
+                owner: new.owner.clone(),
+                template: new.template.clone(),
+                running: true,
+                resources: None,
+                home: HomeVolume::default(),
+            },
+        );
+        workspace.metadata = ObjectMeta {
+            name: Some(new.name.clone()),
+            namespace: Some(namespace.clone()),
+            labels: Some(BTreeMap::from([(OWNER_HASH_LABEL.to_owned(), owner_hash(&new.owner))])),
+            ..Default::default()
+        };
+        // The controller's own validation, so a workspace it would mark Failed is never created.
+        let desired =
+            render::validate(&workspace, Some(&template), &team).map_err(|e| BackendError::Invalid(e.message))?;
+        // A taken name says so, rather than that the quota (which counts it) is full.
+        if self.get_workspace(&new.team, &new.name).await?.is_some() {
+            return Err(conflict(&new.team, &new.name));
+        }
+        if let Some(refusal) = quota_refusal(&team, &desired.home_size) {
+            return Err(BackendError::Invalid(refusal));
+        }
+        // Quota admission updates the team's ResourceQuota with optimistic concurrency; a create
+        // at the same moment as another one in the team can get a conflict about the quota that
+        // says nothing about this workspace. Those are retried.
+        let api = self.workspaces_api(&new.team);
+        let mut attempts = 1;
+        let created = loop {
+            match api.create(&PostParams::default(), &workspace).await {
+                Err(kube::Error::Api(status)) if status.is_conflict() && attempts < 5 => attempts += 1,
+                result => break result,
+            }
+        };
+        let created = created.map_err(|e| match e {
+            kube::Error::Api(status) if status.is_already_exists() => conflict(&new.team, &new.name),
+            kube::Error::Api(status) if status.is_not_found() => BackendError::Invalid(format!(
+                "team {}'s namespace {namespace} is not ready yet; try again in a minute",
+                new.team
+            )),
+            kube::Error::Api(status) if status.is_invalid() || is_admission_refusal(&status) => {
+                BackendError::Invalid(status.message)
+            }
+            other => unavailable("creating a workspace", other),
+        })?;
+        Ok(view(&new.team, &created))
+    }
+
+    async fn endpoint(&self, team: &str, name: &str) -> BackendResult<Option<DesktopEndpoint>> {
+        let Some(workspace) = self.get_workspace(team, name).await? else {
+            return Err(not_found(team, name));
+        };
+        let running = workspace.status.as_ref().is_some_and(|s| s.phase == WorkspacePhase::Running);
+        if !workspace.spec.running || !running {
+            return Ok(None);
+        }
+        let namespace = team_namespace(team);
+        let template = Api::<WorkspaceTemplate>::all(self.client.clone())
+            .get_opt(&workspace.spec.template)
+            .await
+            .map_err(|e| unavailable("reading a template", e))?
+            .ok_or_else(|| BackendError::NotFound(format!("template {} no longer exists", workspace.spec.template)))?;
+        let protocol = match template.spec.protocol {
+            DesktopProtocol::Novnc => Protocol::Novnc,
+            DesktopProtocol::Kasm => Protocol::Kasm,
+        };
+        let overridden = self
+            .options
+            .allow_endpoint_override
+            .then(|| workspace.annotations().get(DESKTOP_ENDPOINT_ANNOTATION))
+            .flatten();
+        let address = match overridden {
+            Some(raw) => raw.parse::<SocketAddr>().map_err(|_| {
+                BackendError::Unavailable(format!(
+                    "workspace {team}/{name}: annotation {DESKTOP_ENDPOINT_ANNOTATION} is not an address like 127.0.0.1:5901"
+                ))
+            })?,
+            None => {
+                let service = Api::<Service>::namespaced(self.client.clone(), &namespace)
+                    .get_opt(&service_name(name))
+                    .await
+                    .map_err(|e| unavailable("reading a desktop service", e))?;
+                match service.as_ref().and_then(service_address) {
+                    Some(address) => address,
+                    None => return Ok(None),
+                }
+            }
+        };
+        let secret = Api::<Secret>::namespaced(self.client.clone(), &namespace)
+            .get_opt(&vnc_secret_name(name))
+            .await
+            .map_err(|e| unavailable("reading a desktop password", e))?;
+        let password = secret
+            .and_then(|s| s.data)
+            .and_then(|mut data| data.remove(VNC_PASSWORD_KEY))
+            .and_then(|bytes| String::from_utf8(bytes.0).ok());
+        Ok(Some(DesktopEndpoint { protocol, address, password }))
+    }
+
+    async fn patch_workspace(&self, team: &str, name: &str, patch: serde_json::Value, what: &str) -> BackendResult<()> {
+        if validate_workspace_name(name).is_err() {
+            return Err(not_found(team, name));
+        }
+        match self.workspaces_api(team).patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.is_not_found() => Err(not_found(team, name)),
+            Err(e) => Err(unavailable(what, e)),
+        }
+    }
+}
+
+/// The namespace of a team's workspaces.
+pub fn team_namespace(team: &str) -> String {
+    format!("team-{team}")
+}
+
+/// The cluster IP and `vnc` port of a desktop Service (its first port if none is named so).
+fn service_address(service: &Service) -> Option<SocketAddr> {
+    let spec = service.spec.as_ref()?;
+    let ip = spec.cluster_ip.as_deref().filter(|ip| !ip.is_empty() && *ip != "None")?.parse().ok()?;
+    let ports = spec.ports.as_deref().unwrap_or_default();
+    let port = ports.iter().find(|p| p.name.as_deref() == Some(render::VNC_PORT_NAME)).or(ports.first())?.port;
+    Some(SocketAddr::new(ip, u16::try_from(port).ok()?))
+}
+
+/// Whether a 403 is admission refusing the object (the team's ResourceQuota, a policy) rather than
+/// the portal lacking permission, which is the portal's misconfiguration.
+fn is_admission_refusal(status: &kube::core::Status) -> bool {
+    status.is_forbidden() && !status.message.contains(" cannot ")
+}
+
+fn conflict(team: &str, name: &str) -> BackendError {
+    BackendError::Conflict(format!("team {team} already has a workspace named {name}; pick another name"))
+}
+
+fn not_found(team: &str, name: &str) -> BackendError {
+    BackendError::NotFound(format!("there is no workspace {name} in team {team}"))
+}
+
+/// An API failure the user cannot fix: logged in full, answered in general.
+fn unavailable(what: &str, error: kube::Error) -> BackendError {
+    tracing::error!(%error, "Kubernetes API: {what} failed");
+    BackendError::Unavailable(format!("the Kubernetes API failed while {what}"))
+}
+
+fn phase(phase: WorkspacePhase) -> Phase {
+    match phase {
+        WorkspacePhase::Pending => Phase::Pending,
+        WorkspacePhase::Creating => Phase::Creating,
+        WorkspacePhase::Starting => Phase::Starting,
+        WorkspacePhase::Running => Phase::Running,
+        WorkspacePhase::Stopping => Phase::Stopping,
+        WorkspacePhase::Stopped => Phase::Stopped,
+        WorkspacePhase::Failed => Phase::Failed,
+    }
+}
+
+/// Ready reasons that are not a problem.
+const FINE_READY_REASONS: [&str; 2] = ["DesktopReady", "NotRunning"];
+
+/// Problems by reason: problem conditions that are True, and Ready's reason when it is False for
+/// a reason of its own (`TemplateNotFound`, `OverTeamLimit`, ...).
+fn problems(conditions: &[Condition]) -> BTreeMap<String, String> {
+    conditions
+        .iter()
+        .filter_map(|c| match c.type_.as_str() {
+            "Ready" if c.status == "False" && !FINE_READY_REASONS.contains(&c.reason.as_str()) => {
+                Some((c.reason.clone(), c.message.clone()))
+            }
+            "Ready" => None,
+            _ if c.status == "True" => Some((c.type_.clone(), c.message.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A Workspace as the pages show it.
+pub fn view(team: &str, ws: &Workspace) -> WorkspaceView {
+    let status = ws.status.clone().unwrap_or_default();
+    WorkspaceView {
+        team: team.to_owned(),
+        name: ws.name_any(),
+        owner: ws.spec.owner.clone(),
+        template: ws.spec.template.clone(),
+        running: ws.spec.running,
+        phase: phase(status.phase),
+        message: status.message.clone(),
+        problems: problems(&status.conditions),
+        created_at: ws.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        started_at: status.started_at.as_ref().map(|t| t.0),
+    }
+}
+
+fn template_view(template: &WorkspaceTemplate) -> TemplateView {
+    let spec = &template.spec;
+    let resources = [
+        ("cpuRequest", &spec.resources.cpu_request),
+        ("cpuLimit", &spec.resources.cpu_limit),
+        ("memoryRequest", &spec.resources.memory_request),
+        ("memoryLimit", &spec.resources.memory_limit),
+    ]
+    .into_iter()
+    .filter_map(|(key, value)| value.as_ref().map(|q| (key.to_owned(), q.0.clone())))
+    .collect();
+    TemplateView {
+        name: template.name_any(),
+        display_name: spec.display_name.clone(),
+        description: spec.description.clone(),
+        protocol: match spec.protocol {
+            DesktopProtocol::Novnc => Protocol::Novnc,
+            DesktopProtocol::Kasm => Protocol::Kasm,
+        },
+        resources,
+        home_size: spec.home_size.as_ref().map(|q| q.0.clone()),
+    }
+}
+
+fn team_view(team: &Team) -> TeamView {
+    let status = team.status.clone().unwrap_or_default();
+    let quota = status
+        .quota_hard
+        .iter()
+        .map(|(key, hard)| {
+            let used = status.quota_used.get(key).map_or_else(|| "0".to_owned(), |q| q.0.clone());
+            (key.clone(), QuotaUse { hard: hard.0.clone(), used })
+        })
+        .collect();
+    let members = team
+        .spec
+        .members
+        .iter()
+        .map(|m| MemberView {
+            user: m.user.clone(),
+            role: role(m.role),
+            expires_at: m.expires_at.as_ref().map(|t| t.0),
+        })
+        .collect();
+    TeamView { name: team.name_any(), quota, leads_may_connect: team.spec.allow_lead_access, members }
+}
+
+fn role(role: TeamObjectRole) -> TeamRole {
+    match role {
+        TeamObjectRole::Lead => TeamRole::Lead,
+        TeamObjectRole::Engineer => TeamRole::Engineer,
+        TeamObjectRole::Contractor => TeamRole::Contractor,
+    }
+}
+
+/// The memberships of `user` in `teams` (user ids compared without regard to case).
+pub fn memberships_in<'a>(teams: impl IntoIterator<Item = &'a Team>, user: &str) -> Vec<Membership> {
+    let mut found: Vec<Membership> = teams
+        .into_iter()
+        .flat_map(|team| {
+            team.spec.members.iter().filter(|m| m.user.eq_ignore_ascii_case(user)).map(|m| Membership {
+                team: team.name_any(),
+                role: role(m.role),
+                expires_at: m.expires_at.as_ref().map(|t| t.0),
+            })
+        })
+        .collect();
+    found.sort_by(|a, b| a.team.cmp(&b.team));
+    found
+}
+
+impl MembershipSource for KubernetesBackend {
+    fn memberships<'a>(&'a self, user: &'a str) -> BoxFuture<'a, crate::Result<Vec<Membership>>> {
+        let teams = self.teams.state();
+        Box::pin(std::future::ready(Ok(memberships_in(teams.iter().map(|t| t.as_ref()), user))))
+    }
+}
+
+impl Backend for KubernetesBackend {
+    fn templates(&self) -> BoxFuture<'_, BackendResult<Vec<TemplateView>>> {
+        Box::pin(async move {
+            let list = Api::<WorkspaceTemplate>::all(self.client.clone())
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| unavailable("listing templates", e))?;
+            let mut templates: Vec<TemplateView> = list.items.iter().map(template_view).collect();
+            templates.sort_by(|a, b| a.display_name.cmp(&b.display_name).then_with(|| a.name.cmp(&b.name)));
+            Ok(templates)
+        })
+    }
+
+    fn team<'a>(&'a self, team: &'a str) -> BoxFuture<'a, BackendResult<Option<TeamView>>> {
+        let found = self.cached_team(team).map(|t| team_view(&t));
+        Box::pin(std::future::ready(Ok(found)))
+    }
+
+    fn workspaces<'a>(
+        &'a self,
+        team: &'a str,
+        owner: Option<&'a str>,
+    ) -> BoxFuture<'a, BackendResult<Vec<WorkspaceView>>> {
+        Box::pin(async move {
+            let mut params = ListParams::default();
+            if let Some(owner) = owner {
+                params = params.labels(&format!("{OWNER_HASH_LABEL}={}", owner_hash(owner)));
+            }
+            let list = match self.workspaces_api(team).list(&params).await {
+                Ok(list) => list,
+                Err(kube::Error::Api(status)) if status.is_not_found() => return Ok(vec![]),
+                Err(e) => return Err(unavailable("listing workspaces", e)),
+            };
+            // The owner label narrows the list; the owner field decides.
+            let mut views: Vec<WorkspaceView> = list
+                .items
+                .iter()
+                .filter(|ws| owner.is_none_or(|owner| ws.spec.owner == owner))
+                .map(|ws| view(team, ws))
+                .collect();
+            views.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(views)
+        })
+    }
+
+    fn workspace<'a>(&'a self, team: &'a str, name: &'a str) -> BoxFuture<'a, BackendResult<Option<WorkspaceView>>> {
+        Box::pin(async move { Ok(self.get_workspace(team, name).await?.map(|ws| view(team, &ws))) })
+    }
+
+    fn create_workspace(&self, new: NewWorkspace) -> BoxFuture<'_, BackendResult<WorkspaceView>> {
+        Box::pin(self.create(new))
+    }
+
+    fn set_running<'a>(&'a self, team: &'a str, name: &'a str, running: bool) -> BoxFuture<'a, BackendResult<()>> {
+        let patch = json!({ "spec": { "running": running } });
+        Box::pin(self.patch_workspace(
+            team,
+            name,
+            patch,
+            if running { "starting a workspace" } else { "stopping a workspace" },
+        ))
+    }
+
+    fn delete_workspace<'a>(&'a self, team: &'a str, name: &'a str) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(async move {
+            if validate_workspace_name(name).is_err() {
+                return Err(not_found(team, name));
+            }
+            match self.workspaces_api(team).delete(name, &DeleteParams::background()).await {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(status)) if status.is_not_found() => Err(not_found(team, name)),
+                Err(e) => Err(unavailable("deleting a workspace", e)),
+            }
+        })
+    }
+
+    fn desktop<'a>(&'a self, team: &'a str, name: &'a str) -> BoxFuture<'a, BackendResult<Option<DesktopEndpoint>>> {
+        Box::pin(self.endpoint(team, name))
+    }
+
+    fn record_input<'a>(&'a self, team: &'a str, name: &'a str, at: Timestamp) -> BoxFuture<'a, BackendResult<()>> {
+        let patch = json!({ "metadata": { "annotations": { LAST_ACTIVITY_ANNOTATION: at.to_string() } } });
+        Box::pin(self.patch_workspace(team, name, patch, "recording desktop input"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rstest::rstest;
+    use serde_json::json;
+
+    use super::*;
+
+    #[rstest]
+    #[case::simple("dev", true)]
+    #[case::digits_and_dashes("py-3-dev", true)]
+    #[case::forty_chars(&"a".repeat(40), true)]
+    #[case::forty_one_chars(&"a".repeat(41), false)]
+    #[case::empty("", false)]
+    #[case::uppercase("Dev", false)]
+    #[case::starts_with_digit("3dev", false)]
+    #[case::ends_with_dash("dev-", false)]
+    #[case::dot("dev.1", false)]
+    #[case::slash("../dev", false)]
+    #[case::unicode("dév", false)]
+    fn workspace_names(#[case] name: &str, #[case] valid: bool) {
+        assert_eq!(validate_workspace_name(name).is_ok(), valid, "{name:?}: {:?}", validate_workspace_name(name));
+    }
+
+    #[test]
+    fn a_too_long_name_says_how_long_it_may_be() {
+        let message = validate_workspace_name(&"a".repeat(50)).unwrap_err();
+        assert!(message.contains("50 characters") && message.contains("at most 40"), "{message}");
+    }
+
+    fn team(hard: serde_json::Value, used: serde_json::Value) -> Team {
+        serde_json::from_value(json!({
+            "apiVersion": "deskpod.io/v1alpha1", "kind": "Team", "metadata": { "name": "platform" },
+            "spec": { "members": [
+                { "user": "Alice@Example.com", "role": "engineer" },
+                { "user": "carol@example.com", "role": "contractor", "expiresAt": "2026-01-01T00:00:00Z" },
+            ] },
+            "status": { "quotaHard": hard, "quotaUsed": used }
+        }))
+        .unwrap()
+    }
+
+    #[rstest]
+    #[case::no_quota(json!({}), json!({}), "10Gi", None)]
+    #[case::workspaces_left(json!({"count/workspaces.deskpod.io": "2"}), json!({"count/workspaces.deskpod.io": "1"}), "1Gi", None)]
+    #[case::workspaces_used_up(json!({"count/workspaces.deskpod.io": "2"}), json!({"count/workspaces.deskpod.io": "2"}), "1Gi", Some("all 2 of its workspaces"))]
+    #[case::not_counted_yet(json!({"count/workspaces.deskpod.io": "1"}), json!({}), "1Gi", None)]
+    #[case::storage_fits_exactly(json!({"requests.storage": "10Gi"}), json!({"requests.storage": "9Gi"}), "1Gi", None)]
+    #[case::storage_too_small(json!({"requests.storage": "10Gi"}), json!({"requests.storage": "9500Mi"}), "1Gi", Some("1Gi) does not fit in team platform's storage quota: 9500Mi of 10Gi"))]
+    fn remaining_quota(
+        #[case] hard: serde_json::Value,
+        #[case] used: serde_json::Value,
+        #[case] home: &str,
+        #[case] refusal: Option<&str>,
+    ) {
+        let found = quota_refusal(&team(hard, used), &Quantity(home.into()));
+        match (found, refusal) {
+            (None, None) => {}
+            (Some(found), Some(expected)) => assert!(found.contains(expected), "{found}"),
+            (found, expected) => panic!("expected {expected:?}, got {found:?}"),
+        }
+    }
+
+    #[test]
+    fn memberships_come_from_team_members_whatever_the_case_of_the_address() {
+        let team = team(json!({}), json!({}));
+        let alice = memberships_in([&team], "alice@example.com");
+        assert_eq!(alice, vec![Membership { team: "platform".into(), role: TeamRole::Engineer, expires_at: None }]);
+        let carol = memberships_in([&team], "carol@example.com");
+        assert_eq!(carol[0].expires_at, Some("2026-01-01T00:00:00Z".parse().unwrap()));
+        assert_eq!(memberships_in([&team], "mallory@example.com"), vec![]);
+    }
+
+    #[test]
+    fn problems_are_true_problem_conditions_and_ready_reasons_of_their_own() {
+        let condition = |type_: &str, status: &str, reason: &str, message: &str| Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: message.into(),
+            last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::UNIX_EPOCH),
+            observed_generation: None,
+        };
+        let found = problems(&[
+            condition("Ready", "False", "QuotaExceeded", "exceeded quota: pods"),
+            condition("QuotaExceeded", "True", "QuotaExceeded", "exceeded quota: pods"),
+            condition("Unschedulable", "False", "None", ""),
+        ]);
+        assert_eq!(found, BTreeMap::from([("QuotaExceeded".to_owned(), "exceeded quota: pods".to_owned())]));
+        let found = problems(&[condition("Ready", "False", "TemplateNotFound", "template \"x\" does not exist")]);
+        assert!(found.contains_key("TemplateNotFound"));
+        assert!(problems(&[condition("Ready", "False", "NotRunning", "Stopped")]).is_empty());
+        assert!(problems(&[condition("Ready", "True", "DesktopReady", "the desktop answers")]).is_empty());
+    }
+}

@@ -1,0 +1,165 @@
+//! The HTTP application: pages (askama templates under `portal/templates/`, one stylesheet served
+//! by the portal itself) and the JSON API under `/api/v1/`.
+//!
+//! Each module exposes `router() -> Router<AppState>`; [`app`] merges them. To add routes, write
+//! a module here with its own `router()` and merge it below. Page handlers answer with [`Page`]
+//! and fail with [`PageError`] (an HTML error page); API handlers answer with JSON and fail with
+//! [`crate::Error`] (a JSON error).
+
+mod account;
+pub mod api;
+pub mod desktop;
+mod home;
+mod invite;
+mod signin;
+pub(crate) mod workspaces;
+
+use askama::Template;
+use axum::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, REFERRER_POLICY, SET_COOKIE};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{AppendHeaders, Html, IntoResponse, Redirect, Response};
+use axum::routing::get;
+use axum::{Json, Router, middleware};
+use serde::Serialize;
+
+use crate::auth::{Auth, CurrentUser};
+use crate::error::Error;
+use crate::state::AppState;
+
+/// The portal's HTTP application.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/static/portal.css", get(stylesheet))
+        .merge(signin::router())
+        .merge(home::router())
+        .merge(account::router())
+        .merge(invite::router())
+        .merge(workspaces::router())
+        .merge(desktop::router())
+        .merge(api::router())
+        .layer(middleware::map_response(security_headers))
+        .with_state(state)
+}
+
+/// What `GET /healthz` answers.
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+    version: &'static str,
+}
+
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok", version: env!("CARGO_PKG_VERSION") })
+}
+
+async fn stylesheet() -> impl IntoResponse {
+    (
+        [(CONTENT_TYPE, "text/css; charset=utf-8"), (CACHE_CONTROL, "public, max-age=3600")],
+        include_str!("../../static/portal.css"),
+    )
+}
+
+/// Headers every response gets unless its handler set them: no framing, no MIME sniffing, no
+/// referrer (invite links carry their token in the path), and only the portal's own resources.
+async fn security_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    let defaults: [(HeaderName, &str); 4] = [
+        (HeaderName::from_static("x-content-type-options"), "nosniff"),
+        (HeaderName::from_static("x-frame-options"), "DENY"),
+        (REFERRER_POLICY, "no-referrer"),
+        (CONTENT_SECURITY_POLICY, "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"),
+    ];
+    for (name, value) in defaults {
+        if !headers.contains_key(&name) {
+            headers.insert(name, HeaderValue::from_static(value));
+        }
+    }
+    response
+}
+
+/// The signed-in part of the page header: name and sign-out form.
+pub struct Nav {
+    pub display_name: String,
+    pub csrf: String,
+}
+
+impl Nav {
+    /// The header for a user signed in with a session.
+    pub fn of(user: &CurrentUser) -> Option<Self> {
+        match &user.auth {
+            Auth::Session { csrf_token, .. } => {
+                Some(Self { display_name: user.user.display_name.clone(), csrf: csrf_token.clone() })
+            }
+            Auth::Token(_) => None,
+        }
+    }
+}
+
+/// A rendered askama template as an HTML response.
+pub struct Page<T>(pub T);
+
+impl<T: Template> IntoResponse for Page<T> {
+    fn into_response(self) -> Response {
+        match self.0.render() {
+            Ok(html) => Html(html).into_response(),
+            Err(source) => PageError(Error::Render { template: std::any::type_name::<T>(), source }).into_response(),
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+struct ErrorPage {
+    nav: Option<Nav>,
+    title: &'static str,
+    message: String,
+}
+
+/// An [`Error`] answered with an HTML page; a 401 sends the browser to sign in instead.
+#[derive(Debug)]
+pub struct PageError(pub Error);
+
+impl From<Error> for PageError {
+    fn from(error: Error) -> Self {
+        Self(error)
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        let error = self.0;
+        error.log_server_error();
+        let status = error.status();
+        if status == StatusCode::UNAUTHORIZED {
+            return Redirect::to("/signin").into_response();
+        }
+        let title = match status {
+            StatusCode::BAD_REQUEST => "That did not work",
+            StatusCode::FORBIDDEN => "Not allowed",
+            StatusCode::NOT_FOUND => "Not found",
+            StatusCode::GONE => "This link no longer works",
+            StatusCode::TOO_MANY_REQUESTS => "Too many attempts",
+            _ if status.is_server_error() => "Something went wrong",
+            _ => "That did not work",
+        };
+        match (ErrorPage { nav: None, title, message: error.public_message() }).render() {
+            Ok(html) => (status, Html(html)).into_response(),
+            Err(e) => {
+                tracing::error!(error = %e, "rendering the error page failed");
+                (status, error.public_message()).into_response()
+            }
+        }
+    }
+}
+
+/// A redirect (303) that also sets cookies.
+fn redirect_setting(location: &str, cookies: impl IntoIterator<Item = HeaderValue>) -> Response {
+    let headers: Vec<_> = cookies.into_iter().map(|cookie| (SET_COOKIE, cookie)).collect();
+    (AppendHeaders(headers), Redirect::to(location)).into_response()
+}
+
+/// Formats a time for pages: `2026-06-30 17:00 UTC`.
+fn display_time(at: jiff::Timestamp) -> String {
+    at.strftime("%Y-%m-%d %H:%M UTC").to_string()
+}
