@@ -49,8 +49,8 @@ use serde_json::json;
 use tracing::Instrument;
 
 use super::{
-    Backend, BackendError, BackendResult, DesktopEndpoint, MemberView, NewWorkspace, Phase, Protocol, QuotaUse,
-    TeamView, TemplateView, WorkspaceView,
+    Backend, BackendError, BackendResult, DesktopEndpoint, MemberView, NewWorkspace, Protocol, QuotaUse, TeamView,
+    TemplateView, WorkspaceView,
 };
 use crate::authz::{Membership, TeamRole};
 use crate::membership::MembershipSource;
@@ -351,18 +351,6 @@ fn unavailable(what: &str, error: kube::Error) -> BackendError {
     BackendError::Unavailable(format!("the Kubernetes API failed while {what}"))
 }
 
-fn phase(phase: WorkspacePhase) -> Phase {
-    match phase {
-        WorkspacePhase::Pending => Phase::Pending,
-        WorkspacePhase::Creating => Phase::Creating,
-        WorkspacePhase::Starting => Phase::Starting,
-        WorkspacePhase::Running => Phase::Running,
-        WorkspacePhase::Stopping => Phase::Stopping,
-        WorkspacePhase::Stopped => Phase::Stopped,
-        WorkspacePhase::Failed => Phase::Failed,
-    }
-}
-
 /// Ready reasons that are not a problem.
 const FINE_READY_REASONS: [&str; 2] = ["DesktopReady", "NotRunning"];
 
@@ -391,7 +379,7 @@ pub fn view(team: &str, ws: &Workspace) -> WorkspaceView {
         owner: ws.spec.owner.clone(),
         template: ws.spec.template.clone(),
         running: ws.spec.running,
-        phase: phase(status.phase),
+        phase: status.phase,
         message: status.message.clone(),
         problems: problems(&status.conditions),
         created_at: ws.metadata.creation_timestamp.as_ref().map(|t| t.0),

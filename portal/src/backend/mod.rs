@@ -28,17 +28,8 @@ pub enum Protocol {
     Kasm,
 }
 
-/// Where a workspace stands, in the words the pages show.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum Phase {
-    Pending,
-    Creating,
-    Starting,
-    Running,
-    Stopping,
-    Stopped,
-    Failed,
-}
+/// Where a workspace stands: the controller's phases, the same words for every backend.
+pub use deskpod_controller::api::WorkspacePhase as Phase;
 
 /// A workspace as users see it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
