@@ -11,6 +11,7 @@ use anyhow::Context;
 use clap::Parser;
 use deskpod_portal::account::{self, AdminBootstrap};
 use deskpod_portal::backend::kubernetes::{KubernetesBackend, KubernetesOptions};
+use deskpod_portal::backend::kubernetes_invite::KubernetesInviteHook;
 use deskpod_portal::http::desktop::NovncDir;
 use deskpod_portal::{AppState, Config, Keys, PublicUrl, SqliteStore, StaticMemberships};
 
@@ -132,10 +133,12 @@ async fn main() -> anyhow::Result<()> {
             if allow_endpoint_override {
                 tracing::warn!("--allow-desktop-endpoint-override is set: for tests only, never in production");
             }
-            let backend = KubernetesBackend::start(client, KubernetesOptions { allow_endpoint_override })
+            let backend = KubernetesBackend::start(client.clone(), KubernetesOptions { allow_endpoint_override })
                 .await
                 .context("starting the Kubernetes backend")?;
             state = state.with_backend(Arc::new(backend));
+            let invite_hook = KubernetesInviteHook::new(client, state.backend.clone(), state.store.clone());
+            state = state.with_invite_hook(Arc::new(invite_hook));
         }
         BackendKind::None => {
             anyhow::ensure!(

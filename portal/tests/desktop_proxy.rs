@@ -210,6 +210,11 @@ async fn the_desktop_view_is_the_owners() {
     let stopped = alice.get(portal, "/workspaces/platform/stopped/desktop").await;
     assert_eq!(stopped.status, StatusCode::CONFLICT);
     assert!(stopped.body.contains("Stopped, not Running"), "{}", stopped.body);
+    // One on its way gets a page that waits for it (and reloads itself), not an error.
+    let starting = alice.get(portal, "/workspaces/platform/starting/desktop").await;
+    assert_eq!(starting.status, StatusCode::OK, "{}", starting.body);
+    assert!(starting.body.contains("Your desktop is starting"), "{}", starting.body);
+    assert!(starting.body.contains(r#"http-equiv="refresh""#), "{}", starting.body);
 
     let mut bob = Browser::signed_in(portal, "bob@example.com").await;
     assert_eq!(bob.get(portal, "/workspaces/platform/one/desktop").await.status, StatusCode::FORBIDDEN);

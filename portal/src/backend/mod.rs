@@ -8,6 +8,7 @@
 //! quota admits the workspace) and answers with [`BackendError`]s whose messages users read.
 
 pub mod kubernetes;
+pub mod kubernetes_invite;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -54,7 +54,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use self::relay::{Activity, BrowserSide, InputClock};
-use super::{ErrorPage, Page};
+use super::{ErrorPage, Nav, Page};
 use crate::auth::{AuthRejection, CurrentUser};
 use crate::authz;
 use crate::backend::{Backend, BackendError, DesktopEndpoint, Phase, Protocol, WorkspaceView};
@@ -242,6 +242,17 @@ struct DesktopView {
     websocket_path: String,
 }
 
+/// The page shown while a desktop starts; it reloads itself every 2 s.
+#[derive(Template)]
+#[template(path = "desktop_starting.html")]
+struct DesktopStarting {
+    nav: Option<Nav>,
+    team: String,
+    name: String,
+    phase: String,
+    message: Option<String>,
+}
+
 /// The desktop view: noVNC in the whole window, or KasmVNC's own client through the proxy.
 async fn desktop_view(
     State(state): State<AppState>,
@@ -250,10 +261,31 @@ async fn desktop_view(
 ) -> Response {
     let result = async {
         let workspace = allowed_workspace(&state, &user, &team, &name).await?;
+        // A desktop on its way (just created, or started from an invite) gets a page that
+        // waits for it, rather than an error telling the user to start it.
+        if workspace.running && matches!(workspace.phase, Phase::Pending | Phase::Creating | Phase::Starting) {
+            return Ok(Err(workspace));
+        }
         let endpoint = running_desktop(state.backend.as_ref(), &workspace).await?;
-        Ok::<_, DesktopError>(endpoint.protocol)
+        Ok::<_, DesktopError>(Ok(endpoint.protocol))
     };
-    match result.await {
+    let result = match result.await {
+        Ok(Err(starting)) => {
+            let page = DesktopStarting {
+                nav: Nav::of(&user),
+                phase: format!("{:?}", starting.phase),
+                message: starting.message,
+                team,
+                name,
+            };
+            let mut response = Page(page).into_response();
+            response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            return response;
+        }
+        Ok(Ok(protocol)) => Ok(protocol),
+        Err(error) => Err(error),
+    };
+    match result {
         Ok(Protocol::Novnc) => {
             let websocket_path = format!("/workspaces/{team}/{name}/websockify");
             let mut response = Page(DesktopView { team, name, websocket_path }).into_response();

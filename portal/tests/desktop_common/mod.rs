@@ -55,7 +55,8 @@ impl TestBackend {
             name: name.into(),
             owner: owner.into(),
             template: "test".into(),
-            running: phase == Phase::Running,
+            // Whoever's desktop is not stopped wants it running.
+            running: !matches!(phase, Phase::Stopped | Phase::Stopping),
             phase,
             message: None,
             problems: Default::default(),
