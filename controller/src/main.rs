@@ -200,3 +200,48 @@ fn parse_lease(value: &str) -> Result<(String, String), String> {
         _ => Err(format!("expected NAMESPACE/NAME, such as deskpod-system/deskpod-controller, got {value:?}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateways_are_namespace_name_and_an_optional_listener() {
+        let gateway = |ns: &str, name: &str, section: Option<&str>| ParentReference {
+            namespace: Some(ns.into()),
+            name: name.into(),
+            section_name: section.map(String::from),
+        };
+        assert_eq!(parse_gateway("infra/web"), Ok(gateway("infra", "web", None)));
+        assert_eq!(parse_gateway("infra/web/https"), Ok(gateway("infra", "web", Some("https"))));
+        for bad in ["web", "/web", "infra/", "a/b/c/d", ""] {
+            assert!(parse_gateway(bad).unwrap_err().contains("NAMESPACE/NAME"), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn forward_auth_comes_from_one_preset() {
+        let settings = |args: &[&str]| {
+            let cli = Cli::try_parse_from([&["deskpod-controller", "run"], args].concat()).map_err(|e| e.kind())?;
+            let Command::Run { route, .. } = cli.command else { unreachable!("run was given") };
+            Ok::<_, clap::error::ErrorKind>(route.settings().auth)
+        };
+        assert_eq!(settings(&[]), Ok(ForwardAuth::None));
+        assert_eq!(
+            settings(&["--traefik-middleware", "deskpod-system-verify@kubernetescrd"]),
+            Ok(ForwardAuth::Traefik { middleware: "deskpod-system-verify@kubernetescrd".into() })
+        );
+        assert_eq!(
+            settings(&["--auth-url", "http://portal/auth/verify", "--auth-signin", "https://desk/signin"]),
+            Ok(ForwardAuth::NginxStyle {
+                verify_url: "http://portal/auth/verify".into(),
+                signin_url: "https://desk/signin".into()
+            })
+        );
+        assert!(settings(&["--auth-url", "http://portal/auth/verify"]).is_err(), "--auth-signin is required with it");
+        assert!(
+            settings(&["--auth-url", "u", "--auth-signin", "s", "--traefik-middleware", "m"]).is_err(),
+            "one preset at a time"
+        );
+    }
+}
