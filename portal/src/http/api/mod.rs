@@ -9,6 +9,7 @@
 mod audit;
 mod invites;
 mod me;
+pub mod openapi;
 mod tokens;
 mod workspaces;
 
@@ -32,7 +33,7 @@ pub fn router() -> Router<AppState> {
         .merge(workspaces::router())
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found);
-    Router::new().nest("/api/v1", v1)
+    Router::new().nest("/api/v1", v1).merge(openapi::router())
 }
 
 async fn not_found(method: Method, OriginalUri(uri): OriginalUri) -> Error {
