@@ -34,6 +34,7 @@ pub mod audit;
 pub mod auth;
 pub mod authz;
 pub mod backend;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod http;

@@ -1,0 +1,126 @@
+// A user's whole way to a desktop, against the portal on the real test cluster: sign in, create a
+// workspace through the form, watch "My workspaces" until it shows Running, open the desktop view
+// and wait until noVNC is connected through the portal's proxy; then screenshot the page and
+// measure the canvas. Driven by portal/tests/browser_cluster.rs.
+//
+// Environment: PORTAL_URL, EMAIL, PASSWORD, TEAM, TEMPLATE, NAME, SCREENSHOT.
+// stdin: the test writes the line `endpoint-registered` once the workspace's desktop endpoint
+// (a real Xvnc behind websockify) is annotated on the Workspace; the desktop view is opened only
+// after that line AND the Running phase, whichever comes last.
+// stdout: progress lines, then one JSON result line:
+// { connected, phases, width, height, distinctColours, mean, screenshot, problems } or { connected: false, error }.
+import { chromium } from 'playwright-core';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+
+const { PORTAL_URL, EMAIL, PASSWORD, TEAM, TEMPLATE, NAME, SCREENSHOT } = process.env;
+const RUNNING_WITHIN_MS = 90_000;
+
+const stdin = createInterface({ input: process.stdin });
+const registered = new Promise((resolve, reject) => {
+  stdin.on('line', (line) => line.trim() === 'endpoint-registered' && resolve());
+  stdin.on('close', () => reject(new Error('stdin closed before the desktop endpoint was registered')));
+});
+registered.catch(() => {}); // handled where it is awaited
+const started = Date.now();
+const step = (what) => console.log(`step ${((Date.now() - started) / 1000).toFixed(1)}s: ${what}`);
+
+const profile = mkdtempSync(join(tmpdir(), 'deskpod-chromium-'));
+const browser = await chromium.launchPersistentContext(profile, {
+  executablePath: '/usr/bin/chromium',
+  headless: true,
+  viewport: { width: 1024, height: 700 },
+  args: [
+    '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync',
+  ],
+});
+const problems = [];
+const phases = [];
+try {
+  const page = browser.pages()[0] ?? (await browser.newPage());
+  page.on('response', (response) => {
+    if (response.status() >= 400 && !response.url().endsWith('/favicon.ico')) {
+      problems.push(`${response.status()} ${response.url()}`);
+    }
+  });
+  page.on('pageerror', (error) => problems.push(String(error)));
+
+  await page.goto(`${PORTAL_URL}/signin`);
+  await page.fill('input[name=email]', EMAIL);
+  await page.fill('input[name=password]', PASSWORD);
+  await Promise.all([page.waitForNavigation(), page.click('button[type=submit]')]);
+  step('signed in');
+
+  await page.goto(`${PORTAL_URL}/workspaces/new`);
+  await page.selectOption('select[name=team]', TEAM);
+  await page.selectOption('select[name=template]', TEMPLATE);
+  await page.fill('input[name=name]', NAME);
+  await Promise.all([page.waitForURL(`${PORTAL_URL}/`), page.click('form[action="/workspaces"] button[type=submit]')]);
+  step('workspace created');
+
+  // Watch the list (it polls the API every 2 s) until the workspace shows Running, noting each
+  // phase it shows on the way.
+  const row = page.locator(`[data-workspace="${TEAM}/${NAME}"]`);
+  const phase = row.locator('[data-field=phase]');
+  const deadline = Date.now() + RUNNING_WITHIN_MS;
+  for (;;) {
+    const shown = (await phase.textContent({ timeout: Math.max(1, deadline - Date.now()) })).trim();
+    if (phases.at(-1) !== shown) phases.push(shown);
+    if (shown === 'Running') break;
+    if (Date.now() > deadline) throw new Error(`not Running within ${RUNNING_WITHIN_MS} ms; phases ${phases}`);
+    // Returns as soon as the text changes (or the page reloads), at the latest after the timeout.
+    await page
+      .waitForFunction(
+        ([key, before]) => document.querySelector(`[data-workspace="${key}"] [data-field=phase]`)?.textContent.trim() !== before,
+        [`${TEAM}/${NAME}`, shown],
+        { timeout: Math.max(1, Math.min(10_000, deadline - Date.now())), polling: 'mutation' },
+      )
+      .catch(() => {});
+  }
+  const open = row.locator('a[data-when=ready]');
+  await open.waitFor({ state: 'visible', timeout: 10_000 });
+  step(`running after phases ${phases.join(' -> ')}`);
+
+  let timer;
+  await Promise.race([
+    registered,
+    new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new Error('no endpoint-registered line within 60 s')), 60_000);
+    }),
+  ]).finally(() => clearTimeout(timer));
+  step('desktop endpoint registered');
+
+  await Promise.all([page.waitForURL(`${PORTAL_URL}/workspaces/${TEAM}/${NAME}/desktop`), open.click()]);
+  await page.waitForSelector('body[data-state=connected]', { timeout: 20_000 });
+  await page.waitForSelector('#screen canvas', { timeout: 5_000 });
+  step('noVNC connected');
+  // Wait for a framebuffer update with at least two colours to be drawn.
+  const stats = await page.waitForFunction(() => {
+    const canvas = document.querySelector('#screen canvas');
+    if (!canvas || canvas.width === 0) return null;
+    const { data } = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height);
+    const colours = new Set();
+    let sum = 0;
+    for (let i = 0; i < data.length; i += 4 * 7) {
+      colours.add((data[i] << 16) | (data[i + 1] << 8) | data[i + 2]);
+      sum += data[i] + data[i + 1] + data[i + 2];
+    }
+    const mean = sum / (3 * data.length / (4 * 7));
+    if (colours.size < 2 || mean < 1) return null;
+    return { width: canvas.width, height: canvas.height, distinctColours: colours.size, mean };
+  }, null, { timeout: 15_000, polling: 200 });
+  await page.screenshot({ path: SCREENSHOT });
+  const result = { connected: true, phases, ...(await stats.jsonValue()), screenshot: SCREENSHOT, problems };
+  console.log(JSON.stringify(result));
+} catch (error) {
+  console.log(JSON.stringify({ connected: false, phases, error: String(error), problems }));
+  process.exitCode = 1;
+} finally {
+  stdin.close();
+  process.stdin.destroy();
+  await browser.close();
+  rmSync(profile, { recursive: true, force: true });
+}
