@@ -9,10 +9,7 @@
 // after that line AND the Running phase, whichever comes last.
 // stdout: progress lines, then one JSON result line:
 // { connected, phases, width, height, distinctColours, mean, screenshot, problems } or { connected: false, error }.
-import { chromium } from 'playwright-core';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { launch, signIn, waitForDesktop } from './chromium.mjs';
 import { createInterface } from 'node:readline';
 
 const { PORTAL_URL, EMAIL, PASSWORD, TEAM, TEMPLATE, NAME, SCREENSHOT } = process.env;
@@ -27,31 +24,10 @@ registered.catch(() => {}); // handled where it is awaited
 const started = Date.now();
 const step = (what) => console.log(`step ${((Date.now() - started) / 1000).toFixed(1)}s: ${what}`);
 
-const profile = mkdtempSync(join(tmpdir(), 'deskpod-chromium-'));
-const browser = await chromium.launchPersistentContext(profile, {
-  executablePath: '/usr/bin/chromium',
-  headless: true,
-  viewport: { width: 1024, height: 700 },
-  args: [
-    '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync',
-  ],
-});
-const problems = [];
+const { page, problems, close } = await launch();
 const phases = [];
 try {
-  const page = browser.pages()[0] ?? (await browser.newPage());
-  page.on('response', (response) => {
-    if (response.status() >= 400 && !response.url().endsWith('/favicon.ico')) {
-      problems.push(`${response.status()} ${response.url()}`);
-    }
-  });
-  page.on('pageerror', (error) => problems.push(String(error)));
-
-  await page.goto(`${PORTAL_URL}/signin`);
-  await page.fill('input[name=email]', EMAIL);
-  await page.fill('input[name=password]', PASSWORD);
-  await Promise.all([page.waitForNavigation(), page.click('button[type=submit]')]);
+  await signIn(page, PORTAL_URL, EMAIL, PASSWORD);
   step('signed in');
 
   await page.goto(`${PORTAL_URL}/workspaces/new`);
@@ -94,26 +70,9 @@ try {
   step('desktop endpoint registered');
 
   await Promise.all([page.waitForURL(`${PORTAL_URL}/workspaces/${TEAM}/${NAME}/desktop`), open.click()]);
-  await page.waitForSelector('body[data-state=connected]', { timeout: 20_000 });
-  await page.waitForSelector('#screen canvas', { timeout: 5_000 });
-  step('noVNC connected');
-  // Wait for a framebuffer update with at least two colours to be drawn.
-  const stats = await page.waitForFunction(() => {
-    const canvas = document.querySelector('#screen canvas');
-    if (!canvas || canvas.width === 0) return null;
-    const { data } = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height);
-    const colours = new Set();
-    let sum = 0;
-    for (let i = 0; i < data.length; i += 4 * 7) {
-      colours.add((data[i] << 16) | (data[i + 1] << 8) | data[i + 2]);
-      sum += data[i] + data[i + 1] + data[i + 2];
-    }
-    const mean = sum / (3 * data.length / (4 * 7));
-    if (colours.size < 2 || mean < 1) return null;
-    return { width: canvas.width, height: canvas.height, distinctColours: colours.size, mean };
-  }, null, { timeout: 15_000, polling: 200 });
-  await page.screenshot({ path: SCREENSHOT });
-  const result = { connected: true, phases, ...(await stats.jsonValue()), screenshot: SCREENSHOT, problems };
+  const stats = await waitForDesktop(page, SCREENSHOT);
+  step('noVNC connected, desktop drawn');
+  const result = { connected: true, phases, ...stats, screenshot: SCREENSHOT, problems };
   console.log(JSON.stringify(result));
 } catch (error) {
   console.log(JSON.stringify({ connected: false, phases, error: String(error), problems }));
@@ -121,6 +80,5 @@ try {
 } finally {
   stdin.close();
   process.stdin.destroy();
-  await browser.close();
-  rmSync(profile, { recursive: true, force: true });
+  await close();
 }
