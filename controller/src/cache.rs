@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use futures::Stream;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
@@ -103,6 +103,18 @@ impl Scope for k8s_openapi::NamespaceResourceScope {
 impl Scope for k8s_openapi::ClusterResourceScope {
     fn api<K: Resource<Scope = Self, DynamicType = ()>>(client: &Client, _: Option<&str>) -> Api<K> {
         Api::all(client.clone())
+    }
+}
+
+/// Deletes the named object of `api`; one that is already gone is fine.
+pub async fn delete_if_present<K>(api: &Api<K>, name: &str) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + DeserializeOwned,
+{
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
+        Err(source) => Err(Error::Delete { kind: K::kind(&()).into_owned(), name: name.into(), source }),
     }
 }
 

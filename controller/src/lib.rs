@@ -4,7 +4,6 @@
 
 pub mod admin;
 pub mod api;
-pub mod apply;
 pub mod cache;
 pub mod conditions;
 pub mod crd;

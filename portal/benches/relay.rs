@@ -184,6 +184,18 @@ struct Figures {
     p99_us: f64,
 }
 
+impl Figures {
+    /// Throughput of [`TOTAL`] bytes in `elapsed`, and the round-trip percentiles.
+    fn of(elapsed: Duration, mut latencies: Vec<Duration>) -> Self {
+        latencies.sort();
+        Figures {
+            mb_per_s: TOTAL as f64 / 1e6 / elapsed.as_secs_f64(),
+            p50_us: percentile(&latencies, 0.5),
+            p99_us: percentile(&latencies, 0.99),
+        }
+    }
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e6
 }
@@ -215,12 +227,7 @@ async fn measure_tcp(port: u16) -> Figures {
     }
     let elapsed = start.elapsed();
     drop(writer.await.unwrap());
-    latencies.sort();
-    Figures {
-        mb_per_s: TOTAL as f64 / 1e6 / elapsed.as_secs_f64(),
-        p50_us: percentile(&latencies, 0.5),
-        p99_us: percentile(&latencies, 0.99),
-    }
+    Figures::of(elapsed, latencies)
 }
 
 async fn measure_ws(port: u16) -> Figures {
@@ -257,12 +264,7 @@ async fn measure_ws(port: u16) -> Figures {
     }
     let elapsed = start.elapsed();
     drop(writer.await.unwrap());
-    latencies.sort();
-    Figures {
-        mb_per_s: TOTAL as f64 / 1e6 / elapsed.as_secs_f64(),
-        p50_us: percentile(&latencies, 0.5),
-        p99_us: percentile(&latencies, 0.99),
-    }
+    Figures::of(elapsed, latencies)
 }
 
 /// CPU seconds of this process's threads whose name starts with `prefix`.

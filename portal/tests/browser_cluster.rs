@@ -89,13 +89,7 @@ async fn a_user_creates_a_workspace_watches_it_run_and_sees_its_desktop_in_the_b
     drop(to_browser);
 
     let output = browser.await.expect("the browser test took too long").unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let line = stdout.lines().last().unwrap_or_default();
-    let result: serde_json::Value =
-        serde_json::from_str(line).unwrap_or_else(|_| panic!("no result from the browser:\n{stdout}\n{stderr}"));
-    assert_eq!(result["connected"], true, "{stdout}\n{stderr}");
-    assert!(output.status.success(), "{result}\n{stderr}");
+    let result = desktop_common::browser_result(&output);
     assert_eq!(result["phases"].as_array().and_then(|p| p.last()), Some(&json!("Running")), "{result}");
     assert!(result["distinctColours"].as_u64().unwrap() >= 2, "the canvas is blank: {result}");
     assert!(result["problems"].as_array().unwrap().is_empty(), "browser errors: {result}");
@@ -103,6 +97,7 @@ async fn a_user_creates_a_workspace_watches_it_run_and_sees_its_desktop_in_the_b
     // The portal's proxy really connected to this desktop: the Workspace has its address.
     let workspace = f.workspaces().get(WORKSPACE).await.unwrap();
     assert_eq!(workspace.metadata.annotations.unwrap()[DESKTOP_ENDPOINT_ANNOTATION], desktop.address().to_string());
+    let stdout = String::from_utf8_lossy(&output.stdout);
     let steps: Vec<&str> = stdout.lines().filter(|l| l.starts_with("step ")).collect();
     println!(
         "browser on the cluster: team, template and portal ready in {:.1}s; endpoint registered after {:.1}s, desktop shown after {:.1}s; {}\n{}",

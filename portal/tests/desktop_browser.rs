@@ -54,13 +54,7 @@ async fn the_desktop_view_connects_and_shows_the_desktop() {
         .output();
     let output =
         tokio::time::timeout(Duration::from_secs(90), run).await.expect("the browser test took over 90 s").unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let line = stdout.lines().last().unwrap_or_default();
-    let result: serde_json::Value =
-        serde_json::from_str(line).unwrap_or_else(|_| panic!("no result from the browser:\n{stdout}\n{stderr}"));
-    assert_eq!(result["connected"], true, "{result}\n{stderr}");
-    assert!(output.status.success(), "{result}\n{stderr}");
+    let result = desktop_common::browser_result(&output);
     // The view asks the desktop to fit the window (Xvnc starts at 640x480, the window is 1024 wide).
     assert_eq!(result["width"].as_u64(), Some(1024), "the desktop was not resized to the window: {result}");
     assert!(result["distinctColours"].as_u64().unwrap() >= 2, "the canvas is blank: {result}");

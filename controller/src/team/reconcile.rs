@@ -21,7 +21,7 @@ use serde_json::json;
 
 use super::render::{self, TEAM_LABEL, TeamSettings};
 use crate::api::{Team, TeamStatus, Workspace};
-use crate::cache::{apply_if_changed, watch_labelled};
+use crate::cache::{apply_if_changed, delete_if_present, watch_labelled};
 use crate::metrics::{Backoff, Metrics};
 use crate::{Error, FIELD_MANAGER, Result, conditions};
 
@@ -188,13 +188,7 @@ async fn delete_stale_network_policies(
     for policy in present {
         let name = policy.name_any();
         if !wanted.iter().any(|w| w.metadata.name.as_deref() == Some(&name)) {
-            match api.delete(&name, &Default::default()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(status)) if status.is_not_found() => {}
-                Err(source) => {
-                    return Err(Error::Delete { kind: "NetworkPolicy".into(), name, source });
-                }
-            }
+            delete_if_present(&api, &name).await?;
         }
     }
     Ok(())

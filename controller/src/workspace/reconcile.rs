@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, ResourceQuota, Secr
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -28,7 +28,7 @@ use serde_json::json;
 use super::idle::{self, LAST_ACTIVITY_ANNOTATION};
 use super::render::{self, DesiredWorkspace, Invalid, RouteSettings};
 use crate::api::{Team, Workspace, WorkspacePhase, WorkspaceStatus, WorkspaceTemplate};
-use crate::cache::{apply_if_changed, cached, watch_all, watch_labelled};
+use crate::cache::{apply_if_changed, cached, delete_if_present, watch_all, watch_labelled};
 use crate::gateway::HTTPRoute;
 use crate::metrics::{Backoff, Metrics};
 use crate::team::render::TEAM_LABEL;
@@ -172,7 +172,7 @@ async fn reconcile_workspace(ws: &Workspace, ctx: &Context) -> Result<Action> {
     let outcome = match (ws.spec.running, pod) {
         (true, Some(pod)) if pod_finished(&pod) => {
             // A pod that ended (evicted, crashed out) never restarts: replace it.
-            delete_pod(&pods, &pod_name).await?;
+            delete_if_present(&pods, &pod_name).await?;
             Outcome {
                 phase: WorkspacePhase::Starting,
                 message: Some("replacing a stopped pod".into()),
@@ -211,7 +211,7 @@ async fn reconcile_workspace(ws: &Workspace, ctx: &Context) -> Result<Action> {
         },
         (false, Some(pod)) => {
             if pod.meta().deletion_timestamp.is_none() {
-                delete_pod(&pods, &pod_name).await?;
+                delete_if_present(&pods, &pod_name).await?;
             }
             Outcome {
                 phase: WorkspacePhase::Stopping,
@@ -253,13 +253,8 @@ async fn apply_route(ctx: &Context, desired: &DesiredWorkspace) -> Result<()> {
         (Some(gateway), Some(routes)) => {
             apply_if_changed(client, routes, &render::render_http_route(desired, &ctx.route, gateway)).await?;
             if cached(&ctx.owned.ingresses, &ingress).is_some() {
-                let name = render::ingress_name(&desired.name);
                 let api: Api<Ingress> = Api::namespaced(client.clone(), &desired.namespace);
-                match api.delete(&name, &DeleteParams::default()).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(status)) if status.is_not_found() => {}
-                    Err(source) => return Err(Error::Delete { kind: "Ingress".into(), name, source }),
-                }
+                delete_if_present(&api, &render::ingress_name(&desired.name)).await?;
             }
         }
         _ => {
@@ -313,7 +308,7 @@ async fn stop_idle(
         name: ws.name_any(),
         source,
     })?;
-    delete_pod(pods, pod_name).await?;
+    delete_if_present(pods, pod_name).await?;
     let message =
         format!("stopped after {} without keyboard or pointer input; the home volume stays", idle::describe(timeout));
     tracing::info!(workspace = %key(ws), %message, "idle desktop stopped");
@@ -377,14 +372,6 @@ async fn create_pod(client: &Client, pods: &Api<Pod>, desired: &DesiredWorkspace
 fn pod_finished(pod: &Pod) -> bool {
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
     matches!(phase, Some("Succeeded" | "Failed")) && pod.meta().deletion_timestamp.is_none()
-}
-
-async fn delete_pod(pods: &Api<Pod>, name: &str) -> Result<()> {
-    match pods.delete(name, &DeleteParams::default()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
-        Err(source) => Err(Error::Delete { kind: "Pod".into(), name: name.into(), source }),
-    }
 }
 
 /// Problems read off the pod, which its own Events already tell.

@@ -43,8 +43,8 @@ pub fn router() -> Router<AppState> {
         .route("/templates", get(catalog))
         .route("/workspaces/new", get(new_form))
         .route("/workspaces", post(create_from_form))
-        .route("/workspaces/{team}/{name}/start", post(start_from_form))
-        .route("/workspaces/{team}/{name}/stop", post(stop_from_form))
+        .route("/workspaces/{team}/{name}/start", post(set_running_from_form::<true>))
+        .route("/workspaces/{team}/{name}/stop", post(set_running_from_form::<false>))
         .route("/workspaces/{team}/{name}/delete", post(delete_from_form))
         .route("/teams/{team}", get(team_page))
 }
@@ -671,23 +671,14 @@ async fn create_from_form(
 #[derive(Deserialize)]
 struct Empty {}
 
-async fn start_from_form(
+/// `POST /workspaces/{team}/{name}/start` (`RUNNING`) and `.../stop` (not).
+async fn set_running_from_form<const RUNNING: bool>(
     State(state): State<AppState>,
     RemoteAddr(remote): RemoteAddr,
     Path((team, name)): Path<(String, String)>,
     SessionForm { user, .. }: SessionForm<Empty>,
 ) -> Result<Redirect, PageError> {
-    set_running(&state, &user, &team, &name, true, remote).await?;
-    Ok(Redirect::to("/"))
-}
-
-async fn stop_from_form(
-    State(state): State<AppState>,
-    RemoteAddr(remote): RemoteAddr,
-    Path((team, name)): Path<(String, String)>,
-    SessionForm { user, .. }: SessionForm<Empty>,
-) -> Result<Redirect, PageError> {
-    set_running(&state, &user, &team, &name, false, remote).await?;
+    set_running(&state, &user, &team, &name, RUNNING, remote).await?;
     Ok(Redirect::to("/"))
 }
 

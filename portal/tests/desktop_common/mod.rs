@@ -394,3 +394,16 @@ pub fn novnc_endpoint(websockify: &Websockify, password: Option<&str>) -> Deskto
 pub fn kasm_endpoint(websockify: &Websockify, password: &str) -> DesktopEndpoint {
     DesktopEndpoint { protocol: Protocol::Kasm, address: websockify.addr(), password: Some(password.to_owned()) }
 }
+
+/// The JSON line a browser script (`tests/browser/*.mjs`) prints last, checked to say it
+/// connected and exited successfully; the script's output is in every failure message.
+pub fn browser_result(output: &std::process::Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let line = stdout.lines().last().unwrap_or_default();
+    let result: serde_json::Value =
+        serde_json::from_str(line).unwrap_or_else(|_| panic!("no result from the browser:\n{stdout}\n{stderr}"));
+    assert_eq!(result["connected"], true, "{stdout}\n{stderr}");
+    assert!(output.status.success(), "{result}\n{stderr}");
+    result
+}

@@ -20,7 +20,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use deskpod_controller::api::{Team, Workspace, WorkspacePhase, WorkspaceTemplate};
 use deskpod_controller::workspace::render::WORKSPACE_LABEL;
-use deskpod_testsupport::client_from_kubeconfig;
+use deskpod_testsupport::{client_from_kubeconfig, wait_for};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, PostParams};
@@ -276,20 +276,12 @@ async fn set_up_teams(client: &Client, teams: usize, per_team: usize) -> anyhow:
         api.create(&PostParams::default(), &team).await?;
         names.push(name);
     }
-    let deadline = Instant::now() + Duration::from_secs(180);
     for name in &names {
-        loop {
-            let team = api.get(name).await?;
-            let ready =
-                team.status.iter().flat_map(|s| &s.conditions).any(|c| c.type_ == "Ready" && c.status == "True");
-            if ready {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("team {name} did not become Ready");
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        let ready = |t: Option<&Team>| {
+            t.and_then(|t| t.status.as_ref())
+                .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        };
+        wait_for(&api, name, "Team Ready", Duration::from_secs(180), ready).await?;
     }
     println!("{teams} teams Ready");
     Ok(names)
@@ -340,17 +332,11 @@ async fn wait_quota_counted(client: &Client, teams: &[String], total: usize, dea
     for (i, name) in teams.iter().enumerate() {
         // Workspace w went to team w % teams.
         let expected = (0..total).filter(|w| w % teams.len() == i).count().to_string();
-        loop {
-            let team = api.get(name).await?;
-            let used = team.status.map(|s| s.quota_used).unwrap_or_default();
-            if used.get("pods").is_some_and(|q| q.0 == expected) {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("team {name}'s status never counted {expected} pods: {used:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        let counted = |t: Option<&Team>| {
+            t.and_then(|t| t.status.as_ref()).is_some_and(|s| s.quota_used.get("pods").is_some_and(|q| q.0 == expected))
+        };
+        let what = format!("team {name}'s status counting {expected} pods");
+        wait_for(&api, name, &what, deadline.saturating_duration_since(Instant::now()), counted).await?;
     }
     Ok(())
 }

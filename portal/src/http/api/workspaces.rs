@@ -34,8 +34,8 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/workspaces", get(list).post(create))
         .route("/workspaces/{team}/{name}", get(show).delete(delete))
-        .route("/workspaces/{team}/{name}/start", post(start))
-        .route("/workspaces/{team}/{name}/stop", post(stop))
+        .route("/workspaces/{team}/{name}/start", post(set_running::<true>))
+        .route("/workspaces/{team}/{name}/stop", post(set_running::<false>))
         .route("/templates", get(templates))
         .route("/teams/{team}", get(team))
 }
@@ -115,27 +115,16 @@ async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[tracing::instrument(skip_all, fields(%team, %name))]
-async fn start(
+/// `POST .../start` (`RUNNING`) and `.../stop` (not).
+#[tracing::instrument(skip_all, fields(%team, %name, running = RUNNING))]
+async fn set_running<const RUNNING: bool>(
     State(state): State<AppState>,
     user: CurrentUser,
     RemoteAddr(remote): RemoteAddr,
     Path((team, name)): Path<(String, String)>,
 ) -> Result<StatusCode> {
     user.require_scope(Scope::WorkspacesWrite)?;
-    ops::set_running(&state, &user, &team, &name, true, remote).await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-#[tracing::instrument(skip_all, fields(%team, %name))]
-async fn stop(
-    State(state): State<AppState>,
-    user: CurrentUser,
-    RemoteAddr(remote): RemoteAddr,
-    Path((team, name)): Path<(String, String)>,
-) -> Result<StatusCode> {
-    user.require_scope(Scope::WorkspacesWrite)?;
-    ops::set_running(&state, &user, &team, &name, false, remote).await?;
+    ops::set_running(&state, &user, &team, &name, RUNNING, remote).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
