@@ -81,6 +81,13 @@ impl Backend for NoBackend {
     fn record_input<'a>(&'a self, _: &'a str, _: &'a str, _: jiff::Timestamp) -> BoxFuture<'a, BackendResult<()>> {
         Box::pin(std::future::ready(Ok(())))
     }
+    fn add_member<'a>(
+        &'a self,
+        _: &'a str,
+        _: deskpod_controller::api::TeamMember,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        unreachable!("the relay benchmark invites nobody")
+    }
 }
 
 /// A TCP echo server.

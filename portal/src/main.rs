@@ -10,8 +10,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use deskpod_portal::account::{self, AdminBootstrap};
+use deskpod_portal::backend::docker::DockerBackend;
+use deskpod_portal::backend::invite::BackendInviteHook;
 use deskpod_portal::backend::kubernetes::{KubernetesBackend, KubernetesOptions};
-use deskpod_portal::backend::kubernetes_invite::KubernetesInviteHook;
 use deskpod_portal::http::desktop::NovncDir;
 use deskpod_portal::{AppState, Config, Keys, PublicUrl, SqliteStore, StaticMemberships};
 
@@ -48,11 +49,13 @@ struct Cli {
     #[arg(long, env = "DESKPOD_ADMIN_EMAIL", default_value = account::DEFAULT_ADMIN_EMAIL)]
     admin_email: String,
 
-    /// Where workspaces run. `kubernetes`: Team, WorkspaceTemplate and Workspace objects that
-    /// deskpod-controller reconciles, through the in-cluster config or $KUBECONFIG; team
-    /// memberships come from the Teams. `none`: identity only (sign-in, tokens, invites), nobody
-    /// is in a team.
-    #[arg(long, env = "DESKPOD_BACKEND", value_enum, default_value_t = BackendKind::None)]
+    /// Where workspaces run. `docker` (single-host mode): containers on this host's Docker Engine
+    /// ($DOCKER_HOST or /var/run/docker.sock), with teams, templates and workspaces in the
+    /// database; an empty database gets a template per desktop image built here and a team
+    /// `default` led by the first admin. `kubernetes`: Team, WorkspaceTemplate and Workspace
+    /// objects that deskpod-controller reconciles, through the in-cluster config or $KUBECONFIG.
+    /// `none`: identity only (sign-in, tokens, invites), nobody is in a team.
+    #[arg(long, env = "DESKPOD_BACKEND", value_enum, default_value_t = BackendKind::Docker)]
     backend: BackendKind,
 
     /// TEST-ONLY, never in production: with `--backend kubernetes`, honour the Workspace
@@ -70,6 +73,8 @@ struct Cli {
 /// The `--backend` choices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum BackendKind {
+    /// Workspaces as containers on this host (single-host mode).
+    Docker,
     /// Workspaces on Kubernetes.
     Kubernetes,
     /// No workspaces (identity only).
@@ -125,27 +130,39 @@ async fn main() -> anyhow::Result<()> {
 
     // Without a backend nobody is in a team (admins can still do everything an admin may).
     let memberships = Arc::new(StaticMemberships::new());
-    let mut state = AppState::new(config, Arc::new(store), keys, memberships);
+    let mut state = AppState::new(config, Arc::new(store.clone()), keys, memberships);
+    anyhow::ensure!(
+        !cli.allow_desktop_endpoint_override || cli.backend == BackendKind::Kubernetes,
+        "--allow-desktop-endpoint-override needs --backend kubernetes"
+    );
     match cli.backend {
+        BackendKind::Docker => {
+            let backend = DockerBackend::connect(store).await.context(
+                "connecting to the Docker Engine for single-host mode (start one with images/setup-docker, or \
+                 choose another --backend)",
+            )?;
+            for created in backend.seed_defaults(&cli.admin_email).await.context("creating the default team")? {
+                tracing::info!("single-host mode: created {created}");
+            }
+            state = state.with_backend(Arc::new(backend));
+        }
         BackendKind::Kubernetes => {
             let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
             let allow_endpoint_override = cli.allow_desktop_endpoint_override;
             if allow_endpoint_override {
                 tracing::warn!("--allow-desktop-endpoint-override is set: for tests only, never in production");
             }
-            let backend = KubernetesBackend::start(client.clone(), KubernetesOptions { allow_endpoint_override })
+            let backend = KubernetesBackend::start(client, KubernetesOptions { allow_endpoint_override })
                 .await
                 .context("starting the Kubernetes backend")?;
             state = state.with_backend(Arc::new(backend));
-            let invite_hook = KubernetesInviteHook::new(client, state.backend.clone(), state.store.clone());
-            state = state.with_invite_hook(Arc::new(invite_hook));
         }
-        BackendKind::None => {
-            anyhow::ensure!(
-                !cli.allow_desktop_endpoint_override,
-                "--allow-desktop-endpoint-override needs --backend kubernetes"
-            );
-        }
+        BackendKind::None => {}
+    }
+    if cli.backend != BackendKind::None {
+        // An accepted invite adds the invitee to the team and starts their first desktop.
+        let hook = BackendInviteHook::new(state.backend.clone(), state.store.clone());
+        state = state.with_invite_hook(Arc::new(hook));
     }
 
     let listener =

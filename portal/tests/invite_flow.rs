@@ -13,9 +13,8 @@ use std::time::{Duration, Instant};
 use axum::http::{Method, StatusCode};
 use common::Browser;
 use deskpod_controller::api::{Team, TeamRole, Workspace};
-use deskpod_portal::backend::kubernetes_invite::{
-    AUDIT_TEAM_MEMBER_ADD, KubernetesInviteHook, members_patch, workspace_name,
-};
+use deskpod_portal::backend::invite::{AUDIT_TEAM_MEMBER_ADD, BackendInviteHook, workspace_name};
+use deskpod_portal::backend::kubernetes::members_patch;
 use deskpod_portal::store::Outcome;
 use deskpod_testsupport::wait_for;
 use jiff::{SignedDuration, Timestamp};
@@ -32,7 +31,7 @@ async fn a_contractor_opens_the_link_sets_a_password_and_has_a_running_desktop_w
     let _one = ONE_CONTROLLER.lock().await;
     let mut f = Fixture::new("portal-invite", 2, false).await;
     let state = f.portal.state.clone();
-    let hook = KubernetesInviteHook::new(f.client(), state.backend.clone(), state.store.clone());
+    let hook = BackendInviteHook::new(state.backend.clone(), state.store.clone());
     f.portal.state = state.with_invite_hook(Arc::new(hook));
     let dave = format!("dave@{}.test", f.team);
     let access_ends = Timestamp::now() + SignedDuration::from_hours(24 * 30);
@@ -150,7 +149,7 @@ async fn an_invite_to_a_team_that_does_not_exist_still_signs_the_invitee_in_and_
     let _one = ONE_CONTROLLER.lock().await;
     let mut f = Fixture::new("portal-invite-noteam", 1, false).await;
     let state = f.portal.state.clone();
-    let hook = KubernetesInviteHook::new(f.client(), state.backend.clone(), state.store.clone());
+    let hook = BackendInviteHook::new(state.backend.clone(), state.store.clone());
     f.portal.state = state.with_invite_hook(Arc::new(hook));
     let missing_team = format!("{}-gone", f.team);
 
@@ -192,7 +191,7 @@ async fn an_invite_to_a_team_that_does_not_exist_still_signs_the_invitee_in_and_
     let stale = before.metadata.resource_version.clone().unwrap();
     let touch = json!({ "metadata": { "labels": { "deskpod.test/touched": "yes" } } });
     teams.patch(&f.team, &PatchParams::default(), &Patch::Merge(&touch)).await.unwrap();
-    let patch = members_patch(&stale, &[]).unwrap();
+    let patch = members_patch(&stale, &[]);
     match teams.patch(&f.team, &PatchParams::default(), &patch).await {
         Err(kube::Error::Api(status)) => assert!(status.is_conflict(), "{status:?}"),
         other => panic!("a stale patch must conflict: {other:?}"),

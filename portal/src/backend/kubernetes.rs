@@ -27,8 +27,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use deskpod_controller::api::{
-    DesktopProtocol, HomeVolume, Team, TeamRole as TeamObjectRole, Workspace, WorkspacePhase, WorkspaceSpec,
-    WorkspaceTemplate,
+    DesktopProtocol, HomeVolume, Team, TeamMember, Workspace, WorkspacePhase, WorkspaceSpec, WorkspaceTemplate,
 };
 use deskpod_controller::quantity::{self, Milli};
 use deskpod_controller::workspace::idle::LAST_ACTIVITY_ANNOTATION;
@@ -48,11 +47,14 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use tracing::Instrument;
 
+use super::invite::members_with;
+pub use super::views::{MAX_WORKSPACE_NAME_LEN, memberships_in, validate_workspace_name};
+use super::views::{team_view, template_view};
 use super::{
-    Backend, BackendError, BackendResult, DesktopEndpoint, MemberView, NewWorkspace, Protocol, QuotaUse, TeamView,
-    TemplateView, WorkspaceView,
+    Backend, BackendError, BackendResult, DesktopEndpoint, NewWorkspace, Protocol, TeamView, TemplateView,
+    WorkspaceView,
 };
-use crate::authz::{Membership, TeamRole};
+use crate::authz::Membership;
 use crate::membership::MembershipSource;
 
 /// Workspace annotation naming where the desktop answers (`127.0.0.1:5901`), honoured only by a
@@ -61,14 +63,16 @@ use crate::membership::MembershipSource;
 pub const DESKTOP_ENDPOINT_ANNOTATION: &str = "deskpod.io/desktop-endpoint";
 /// The field manager of the portal's writes.
 pub const FIELD_MANAGER: &str = "deskpod-portal";
-/// The longest workspace name: the controller's rule for every Deskpod object name.
-pub const MAX_WORKSPACE_NAME_LEN: usize = 40;
 /// The ResourceQuota key counting a team's workspaces.
 pub const WORKSPACE_COUNT_QUOTA: &str = "count/workspaces.deskpod.io";
 /// The ResourceQuota key of a team's home volume storage.
 pub const STORAGE_QUOTA: &str = "requests.storage";
 /// How long [`KubernetesBackend::start`] waits for the first list of Teams.
 const CACHE_SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long adding a member waits for the Team cache to show it.
+const CACHE_WAIT: Duration = Duration::from_secs(10);
+/// How often the Team patch is tried when someone else changes the Team at the same moment.
+const TEAM_PATCH_ATTEMPTS: u32 = 5;
 
 /// How the backend behaves beyond the defaults.
 #[derive(Clone, Debug, Default)]
@@ -90,28 +94,6 @@ impl Drop for KubernetesBackend {
     fn drop(&mut self) {
         self.team_watch.abort();
     }
-}
-
-/// Whether `name` may name a workspace; the message says what is wrong. The controller's rule for
-/// every Deskpod object: a DNS label of at most 40 characters (derived names such as
-/// `<ws>-desktop` must stay valid).
-pub fn validate_workspace_name(name: &str) -> Result<(), String> {
-    const RULE: &str = "lowercase letters, digits and '-', starting with a letter and not ending with '-'";
-    if name.is_empty() {
-        return Err("a workspace needs a name".into());
-    }
-    if name.chars().count() > MAX_WORKSPACE_NAME_LEN {
-        return Err(format!(
-            "the name is {} characters long; a workspace name has at most {MAX_WORKSPACE_NAME_LEN}",
-            name.chars().count()
-        ));
-    }
-    let bytes = name.as_bytes();
-    let allowed = bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
-    if !allowed || !bytes[0].is_ascii_lowercase() || bytes[bytes.len() - 1] == b'-' {
-        return Err(format!("{name:?} is not a valid workspace name: use {RULE}"));
-    }
-    Ok(())
 }
 
 /// Why the team's quota cannot take one more workspace whose home volume is `home_size`, judged
@@ -315,6 +297,64 @@ impl KubernetesBackend {
             Err(e) => Err(unavailable(what, e)),
         }
     }
+    /// [`Backend::add_member`]: one JSON patch of the Team's `spec.members` guarded by its
+    /// `resourceVersion` (retried on conflict), then a wait for the Team cache to show it.
+    async fn add_member(&self, team: &str, member: &TeamMember) -> BackendResult<()> {
+        let api = Api::<Team>::all(self.client.clone());
+        let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PatchParams::default() };
+        for _ in 0..TEAM_PATCH_ATTEMPTS {
+            let current =
+                api.get_opt(team).await.map_err(|e| unavailable("reading the team", e))?.ok_or_else(|| {
+                    BackendError::NotFound(format!("team {team} does not exist; ask an admin to create it"))
+                })?;
+            let Some(members) = members_with(&current.spec.members, member) else {
+                return Ok(());
+            };
+            let patch = members_patch(&current.resource_version().unwrap_or_default(), &members);
+            match api.patch(team, &params, &patch).await {
+                Ok(patched) => {
+                    self.wait_until_cached(&patched, &member.user).await;
+                    return Ok(());
+                }
+                Err(kube::Error::Api(status)) if status.is_conflict() => {
+                    tracing::debug!(team, "the team changed while adding a member; retrying");
+                }
+                Err(e) => return Err(unavailable("adding a member to the team", e)),
+            }
+        }
+        Err(BackendError::Unavailable(format!(
+            "team {team} kept changing; adding the member failed {TEAM_PATCH_ATTEMPTS} times"
+        )))
+    }
+
+    /// Waits until the Team cache shows `user` in `team` as the patched Team does, for at most
+    /// [`CACHE_WAIT`]; logs and goes on otherwise.
+    async fn wait_until_cached(&self, team: &Team, user: &str) {
+        let expected = memberships_in([team], user);
+        let deadline = tokio::time::Instant::now() + CACHE_WAIT;
+        loop {
+            let found = memberships_in(self.teams.state().iter().map(|t| t.as_ref()), user);
+            if expected.iter().all(|m| found.contains(m)) {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(team = %team.name_any(), user, "the Team cache has not seen the new member yet");
+                return;
+            }
+            // The reflector applies the watch event within milliseconds.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A JSON patch setting `spec.members`, applied only if the Team still has `resource_version`
+/// (the API server answers 409 Conflict otherwise).
+pub fn members_patch(resource_version: &str, members: &[TeamMember]) -> Patch<()> {
+    let ops = json!([
+        { "op": "replace", "path": "/metadata/resourceVersion", "value": resource_version },
+        { "op": "add", "path": "/spec/members", "value": members },
+    ]);
+    Patch::Json(serde_json::from_value(ops).expect("two well-formed JSON patch operations"))
 }
 
 /// The namespace of a team's workspaces.
@@ -385,77 +425,6 @@ pub fn view(team: &str, ws: &Workspace) -> WorkspaceView {
         created_at: ws.metadata.creation_timestamp.as_ref().map(|t| t.0),
         started_at: status.started_at.as_ref().map(|t| t.0),
     }
-}
-
-fn template_view(template: &WorkspaceTemplate) -> TemplateView {
-    let spec = &template.spec;
-    let resources = [
-        ("cpuRequest", &spec.resources.cpu_request),
-        ("cpuLimit", &spec.resources.cpu_limit),
-        ("memoryRequest", &spec.resources.memory_request),
-        ("memoryLimit", &spec.resources.memory_limit),
-    ]
-    .into_iter()
-    .filter_map(|(key, value)| value.as_ref().map(|q| (key.to_owned(), q.0.clone())))
-    .collect();
-    TemplateView {
-        name: template.name_any(),
-        display_name: spec.display_name.clone(),
-        description: spec.description.clone(),
-        protocol: match spec.protocol {
-            DesktopProtocol::Novnc => Protocol::Novnc,
-            DesktopProtocol::Kasm => Protocol::Kasm,
-        },
-        resources,
-        home_size: spec.home_size.as_ref().map(|q| q.0.clone()),
-    }
-}
-
-fn team_view(team: &Team) -> TeamView {
-    let status = team.status.clone().unwrap_or_default();
-    let quota = status
-        .quota_hard
-        .iter()
-        .map(|(key, hard)| {
-            let used = status.quota_used.get(key).map_or_else(|| "0".to_owned(), |q| q.0.clone());
-            (key.clone(), QuotaUse { hard: hard.0.clone(), used })
-        })
-        .collect();
-    let members = team
-        .spec
-        .members
-        .iter()
-        .map(|m| MemberView {
-            user: m.user.clone(),
-            role: role(m.role),
-            expires_at: m.expires_at.as_ref().map(|t| t.0),
-        })
-        .collect();
-    TeamView { name: team.name_any(), quota, leads_may_connect: team.spec.allow_lead_access, members }
-}
-
-fn role(role: TeamObjectRole) -> TeamRole {
-    match role {
-        TeamObjectRole::Lead => TeamRole::Lead,
-        TeamObjectRole::Engineer => TeamRole::Engineer,
-        TeamObjectRole::Contractor => TeamRole::Contractor,
-    }
-}
-
-/// The memberships of `user` in `teams` (user ids compared without regard to case).
-pub fn memberships_in<'a>(teams: impl IntoIterator<Item = &'a Team>, user: &str) -> Vec<Membership> {
-    let mut found: Vec<Membership> = teams
-        .into_iter()
-        .flat_map(|team| {
-            team.spec.members.iter().filter(|m| m.user.eq_ignore_ascii_case(user)).map(|m| Membership {
-                team: team.name_any(),
-                role: role(m.role),
-                expires_at: m.expires_at.as_ref().map(|t| t.0),
-            })
-        })
-        .collect();
-    found.sort_by(|a, b| a.team.cmp(&b.team));
-    found
 }
 
 impl MembershipSource for KubernetesBackend {
@@ -549,6 +518,10 @@ impl Backend for KubernetesBackend {
         let patch = json!({ "metadata": { "annotations": { LAST_ACTIVITY_ANNOTATION: at.to_string() } } });
         Box::pin(self.patch_workspace(team, name, patch, "recording desktop input"))
     }
+
+    fn add_member<'a>(&'a self, team: &'a str, member: TeamMember) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(async move { KubernetesBackend::add_member(self, team, &member).await })
+    }
 }
 
 #[cfg(test)]
@@ -557,6 +530,28 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn the_patch_is_guarded_by_the_resource_version() {
+        use deskpod_controller::api::TeamRole;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        const END: &str = "2026-03-01T12:00:00Z";
+        let members = [TeamMember {
+            user: "carol@x.test".into(),
+            role: TeamRole::Contractor,
+            expires_at: Some(Time(END.parse().unwrap())),
+        }];
+        let Patch::Json(patch) = members_patch("4711", &members) else { panic!("not a JSON patch") };
+        assert_eq!(
+            serde_json::to_value(patch).unwrap(),
+            json!([
+                { "op": "replace", "path": "/metadata/resourceVersion", "value": "4711" },
+                { "op": "add", "path": "/spec/members", "value": [
+                    { "user": "carol@x.test", "role": "contractor", "expiresAt": END }
+                ] },
+            ])
+        );
+    }
 
     #[rstest]
     #[case::simple("dev", true)]
@@ -617,7 +612,10 @@ mod tests {
     fn memberships_come_from_team_members_whatever_the_case_of_the_address() {
         let team = team(json!({}), json!({}));
         let alice = memberships_in([&team], "alice@example.com");
-        assert_eq!(alice, vec![Membership { team: "platform".into(), role: TeamRole::Engineer, expires_at: None }]);
+        assert_eq!(
+            alice,
+            vec![Membership { team: "platform".into(), role: crate::TeamRole::Engineer, expires_at: None }]
+        );
         let carol = memberships_in([&team], "carol@example.com");
         assert_eq!(carol[0].expires_at, Some("2026-01-01T00:00:00Z".parse().unwrap()));
         assert_eq!(memberships_in([&team], "mallory@example.com"), vec![]);

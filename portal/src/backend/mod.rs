@@ -7,12 +7,15 @@
 //! call the backend. The backend validates what only it can know (the template exists, the team's
 //! quota admits the workspace) and answers with [`BackendError`]s whose messages users read.
 
+pub mod docker;
+pub mod invite;
 pub mod kubernetes;
-pub mod kubernetes_invite;
+pub mod views;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+use deskpod_controller::api::TeamMember;
 use futures::future::BoxFuture;
 use jiff::Timestamp;
 use serde::Serialize;
@@ -153,6 +156,10 @@ pub trait Backend: MembershipSource {
     fn desktop<'a>(&'a self, team: &'a str, name: &'a str) -> BoxFuture<'a, BackendResult<Option<DesktopEndpoint>>>;
     /// Records the user's last keyboard or pointer input, for idle culling. Callers throttle.
     fn record_input<'a>(&'a self, team: &'a str, name: &'a str, at: Timestamp) -> BoxFuture<'a, BackendResult<()>>;
+    /// Makes `member` a member of `team` as [`invite::members_with`] says (appended, or given
+    /// the role and expiry; a lead stays a lead), without losing a concurrent change to the
+    /// team. Answers once [`MembershipSource::memberships`] shows the change.
+    fn add_member<'a>(&'a self, team: &'a str, member: TeamMember) -> BoxFuture<'a, BackendResult<()>>;
 }
 
 /// The backend of a portal that has none configured (identity-only tests): every workspace
@@ -197,6 +204,9 @@ impl Backend for Unconfigured {
         unavailable()
     }
     fn record_input<'a>(&'a self, _: &'a str, _: &'a str, _: Timestamp) -> BoxFuture<'a, BackendResult<()>> {
+        unavailable()
+    }
+    fn add_member<'a>(&'a self, _: &'a str, _: TeamMember) -> BoxFuture<'a, BackendResult<()>> {
         unavailable()
     }
 }

@@ -22,7 +22,8 @@ use crate::error::{Error, Result};
 use crate::token::Scope;
 
 /// Schema migrations, applied in order; never edit one that has shipped, append a new one.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE users (
     id            TEXT PRIMARY KEY,             -- e-mail address, lower-cased
     display_name  TEXT NOT NULL,
@@ -82,7 +83,37 @@ CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-"#];
+"#,
+    r#"
+-- Single-host mode (backend/docker): teams, templates and workspaces. Teams and templates are
+-- the controller's Team and WorkspaceTemplate objects as JSON, the same types the Kubernetes
+-- backend reads from the API server.
+CREATE TABLE docker_teams (
+    name   TEXT PRIMARY KEY,
+    object TEXT NOT NULL
+) STRICT;
+
+CREATE TABLE docker_templates (
+    name   TEXT PRIMARY KEY,
+    object TEXT NOT NULL
+) STRICT;
+
+CREATE TABLE docker_workspaces (
+    team         TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    owner        TEXT NOT NULL,
+    template     TEXT NOT NULL,
+    running      INTEGER NOT NULL,             -- what the owner wants
+    vnc_password TEXT NOT NULL,                -- never logged, never sent to a browser
+    created_at   INTEGER NOT NULL,
+    started_at   INTEGER,                      -- the last start asked for
+    last_input   INTEGER,                      -- keyboard or pointer input, for idle culling
+    deleting     INTEGER NOT NULL DEFAULT 0,   -- deletion asked for, container or volume left
+    failure      TEXT,                         -- why the last start failed
+    PRIMARY KEY (team, name)
+) STRICT;
+"#,
+];
 
 /// The SQLite [`Store`].
 #[derive(Clone)]
@@ -125,8 +156,9 @@ impl SqliteStore {
         Self::open_blocking(Path::new(":memory:"))
     }
 
-    /// Runs `f` on the connection in a blocking task; a failure is reported as `step`.
-    fn run<T, F>(&self, step: &'static str, f: F) -> BoxFuture<'static, Result<T>>
+    /// Runs `f` on the connection in a blocking task; a failure is reported as `step`. The
+    /// single-host backend keeps its tables in the same database through this.
+    pub(crate) fn run<T, F>(&self, step: &'static str, f: F) -> BoxFuture<'static, Result<T>>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,

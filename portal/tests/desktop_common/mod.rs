@@ -135,6 +135,13 @@ impl Backend for TestBackend {
         self.inputs.lock().unwrap().push((team.into(), name.into(), at));
         Box::pin(std::future::ready(Ok(())))
     }
+    fn add_member<'a>(
+        &'a self,
+        _: &'a str,
+        _: deskpod_controller::api::TeamMember,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        unused()
+    }
 }
 
 /// A portal on the test backend, served on a real socket (websocket upgrades need one), whose

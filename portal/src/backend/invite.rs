@@ -1,11 +1,10 @@
-//! What accepting an invite does on the Kubernetes backend ([`KubernetesInviteHook`]):
+//! What accepting an invite does when a backend is configured ([`BackendInviteHook`]):
 //!
-//! 1. **The Team**: the invitee becomes a member with the invite's role and `expiresAt` = the
+//! 1. **The team**: the invitee becomes a member with the invite's role and `expiresAt` = the
 //!    invite's access expiry, or, when already a member, gets that role and expiry (a lead stays
-//!    as they are: an invite never demotes). One JSON patch of `spec.members`, guarded by the
-//!    Team's `resourceVersion` and retried on conflict, so a concurrent edit is never lost and the
-//!    Team is changed whole or not at all. The hook then waits (briefly) until the backend's
-//!    membership cache has the change, so the invitee's first page is not refused.
+//!    as they are: an invite never demotes; see [`members_with`]). The backend changes the team
+//!    whole or not at all, without losing a concurrent edit, and answers once its memberships
+//!    show the change, so the invitee's first page is not refused.
 //! 2. **The first workspace**, when the invite names a template: named after it (`<template>`,
 //!    or `<template>-2`, ... when taken), owned by the invitee, created through [`Backend`] with
 //!    all its checks. The invitee lands on its desktop page, which shows it starting.
@@ -15,56 +14,45 @@
 //! on `/`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use deskpod_controller::api::{Team, TeamMember, TeamRole as TeamObjectRole};
+use deskpod_controller::api::{TeamMember, TeamRole as TeamObjectRole};
 use futures::future::BoxFuture;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, Patch, PatchParams};
-use kube::{Client, ResourceExt};
-use serde_json::json;
 
-use super::kubernetes::{FIELD_MANAGER, MAX_WORKSPACE_NAME_LEN, memberships_in, validate_workspace_name};
+use super::views::{MAX_WORKSPACE_NAME_LEN, validate_workspace_name};
 use super::{Backend, BackendError, NewWorkspace};
 use crate::error::{Error, Result};
 use crate::http::workspaces::desktop_path;
 use crate::invite::InviteHook;
 use crate::store::{AuditEntry, Invite, InviteRole, Outcome, Store, User};
 
-/// How often the Team patch is tried when someone else changes the Team at the same moment.
-const TEAM_PATCH_ATTEMPTS: u32 = 5;
 /// How many names `<template>`, `<template>-2`, ... are tried for the first workspace.
 const WORKSPACE_NAME_ATTEMPTS: u32 = 9;
-/// How long the hook waits for the membership cache to see the invitee.
-const CACHE_WAIT: Duration = Duration::from_secs(10);
 
 /// The audit action of adding (or updating) an invitee in a Team.
 pub const AUDIT_TEAM_MEMBER_ADD: &str = "team.member.add";
 /// The audit action of creating a workspace (as the workspace pages record it).
 pub const AUDIT_WORKSPACE_CREATE: &str = "workspace.create";
 
-/// Adds the invitee to the Team and starts their first workspace; see the module docs.
-pub struct KubernetesInviteHook {
-    client: Client,
+/// Adds the invitee to the team and starts their first workspace; see the module docs.
+pub struct BackendInviteHook {
     backend: Arc<dyn Backend>,
     store: Arc<dyn Store>,
 }
 
-impl KubernetesInviteHook {
-    /// A hook writing Teams through `client` and workspaces through `backend` (whose membership
-    /// cache it waits for), auditing into `store`.
-    pub fn new(client: Client, backend: Arc<dyn Backend>, store: Arc<dyn Store>) -> Self {
-        Self { client, backend, store }
+impl BackendInviteHook {
+    /// A hook changing teams and workspaces through `backend`, auditing into `store`.
+    pub fn new(backend: Arc<dyn Backend>, store: Arc<dyn Store>) -> Self {
+        Self { backend, store }
     }
 
     async fn accepted(&self, invite: &Invite, user: &User) -> Result<String> {
         let member = invited_member(invite, user);
         let object = format!("{}/{}", invite.team, user.id);
-        let team = self.add_member(&invite.team, &member).await;
-        self.audit(user, AUDIT_TEAM_MEMBER_ADD, object, &team).await;
-        let team = team?;
-        self.wait_until_cached(&team, &user.id).await;
+        let added = self.backend.add_member(&invite.team, member).await.map_err(backend_failure);
+        self.audit(user, AUDIT_TEAM_MEMBER_ADD, object, &added).await;
+        added?;
 
         let Some(template) = invite.template.as_deref() else {
             return Ok("/".to_owned());
@@ -76,53 +64,6 @@ impl KubernetesInviteHook {
         };
         self.audit(user, AUDIT_WORKSPACE_CREATE, object, &created).await;
         Ok(desktop_path(&invite.team, &created?))
-    }
-
-    /// Puts `member` into the Team's `spec.members` (one guarded JSON patch, retried on
-    /// conflict); returns the Team as it now is.
-    async fn add_member(&self, team: &str, member: &TeamMember) -> Result<Team> {
-        let api = Api::<Team>::all(self.client.clone());
-        let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PatchParams::default() };
-        for _ in 0..TEAM_PATCH_ATTEMPTS {
-            let current = api
-                .get_opt(team)
-                .await
-                .map_err(|e| kube_failure("reading the team", e))?
-                .ok_or_else(|| Error::NotFound(format!("team {team} does not exist; ask an admin to create it")))?;
-            let Some(members) = members_with(&current.spec.members, member) else {
-                return Ok(current);
-            };
-            let patch = members_patch(&current.resource_version().unwrap_or_default(), &members)?;
-            match api.patch(team, &params, &patch).await {
-                Ok(patched) => return Ok(patched),
-                Err(kube::Error::Api(status)) if status.is_conflict() => {
-                    tracing::debug!(team, "the team changed while adding a member; retrying");
-                }
-                Err(e) => return Err(kube_failure("adding the invitee to the team", e)),
-            }
-        }
-        Err(Error::BackendUnavailable(format!(
-            "team {team} kept changing; adding the invitee failed {TEAM_PATCH_ATTEMPTS} times"
-        )))
-    }
-
-    /// Waits until the backend's membership cache shows `user` in `team` as the patched Team
-    /// does, for at most [`CACHE_WAIT`]; logs and goes on otherwise.
-    async fn wait_until_cached(&self, team: &Team, user: &str) {
-        let expected = memberships_in([team], user);
-        let deadline = tokio::time::Instant::now() + CACHE_WAIT;
-        loop {
-            match self.backend.memberships(user).await {
-                Ok(found) if expected.iter().all(|m| found.contains(m)) => return,
-                Ok(_) => {}
-                Err(error) => tracing::warn!(%error, "reading memberships failed"),
-            }
-            if tokio::time::Instant::now() >= deadline {
-                tracing::warn!(team = %team.name_any(), user, "the membership cache has not seen the invitee yet");
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
     }
 
     /// Creates the invitee's workspace from `template` under the first free name; returns it.
@@ -138,7 +79,7 @@ impl KubernetesInviteHook {
             match self.backend.create_workspace(new).await {
                 Ok(_) => return Ok(name),
                 Err(BackendError::Conflict(_)) => continue,
-                Err(error) => return Err(workspace_failure(error)),
+                Err(error) => return Err(backend_failure(error)),
             }
         }
         Err(Error::Conflict {
@@ -172,7 +113,7 @@ impl KubernetesInviteHook {
     }
 }
 
-impl InviteHook for KubernetesInviteHook {
+impl InviteHook for BackendInviteHook {
     fn invite_accepted<'a>(&'a self, invite: &'a Invite, user: &'a User) -> BoxFuture<'a, Result<String>> {
         Box::pin(self.accepted(invite, user))
     }
@@ -208,18 +149,6 @@ pub fn members_with(members: &[TeamMember], invitee: &TeamMember) -> Option<Vec<
     Some(members)
 }
 
-/// A JSON patch setting `spec.members`, applied only if the Team still has `resource_version`
-/// (the API server answers 409 Conflict otherwise).
-pub fn members_patch(resource_version: &str, members: &[TeamMember]) -> Result<Patch<()>> {
-    let ops = json!([
-        { "op": "replace", "path": "/metadata/resourceVersion", "value": resource_version },
-        { "op": "add", "path": "/spec/members", "value": members },
-    ]);
-    let patch = serde_json::from_value(ops)
-        .map_err(|e| Error::BackendUnavailable(format!("building the team patch failed: {e}")))?;
-    Ok(Patch::Json(patch))
-}
-
 /// The `attempt`th name tried for a workspace from `template`: the template's name made a valid
 /// workspace name (`.` → `-`, `ws-` before a leading digit, at most 40 characters), with `-2`,
 /// `-3`, ... from the second attempt on.
@@ -236,13 +165,8 @@ pub fn workspace_name(template: &str, attempt: u32) -> String {
     name
 }
 
-/// An API failure: logged in full, answered in general.
-fn kube_failure(what: &str, error: kube::Error) -> Error {
-    tracing::error!(%error, "Kubernetes API: {what} failed");
-    Error::BackendUnavailable(format!("the Kubernetes API failed while {what}"))
-}
-
-fn workspace_failure(error: BackendError) -> Error {
+/// A backend's refusal as the portal's error.
+fn backend_failure(error: BackendError) -> Error {
     match error {
         BackendError::NotFound(message) => Error::NotFound(message),
         BackendError::Conflict(message) => Error::Conflict { field: Some("name"), message },
@@ -282,21 +206,6 @@ mod tests {
     fn the_invitee_joins_the_members(#[case] members: Vec<TeamMember>, #[case] expected: Option<Vec<TeamMember>>) {
         let invitee = member("carol@x.test", TeamObjectRole::Contractor, Some(END));
         assert_eq!(members_with(&members, &invitee), expected);
-    }
-
-    #[test]
-    fn the_patch_is_guarded_by_the_resource_version() {
-        let members = [member("carol@x.test", TeamObjectRole::Contractor, Some(END))];
-        let Patch::Json(patch) = members_patch("4711", &members).unwrap() else { panic!("not a JSON patch") };
-        assert_eq!(
-            serde_json::to_value(patch).unwrap(),
-            json!([
-                { "op": "replace", "path": "/metadata/resourceVersion", "value": "4711" },
-                { "op": "add", "path": "/spec/members", "value": [
-                    { "user": "carol@x.test", "role": "contractor", "expiresAt": END }
-                ] },
-            ])
-        );
     }
 
     #[rstest]

@@ -1,0 +1,229 @@
+//! What a workspace is on a Docker host, as pure values: the names of its container, home volume
+//! and team network, their labels, and the container's configuration rendered from the
+//! controller's [`DesiredWorkspace`] (the same resolution of template, team limits and defaults
+//! the Kubernetes pod gets).
+//!
+//! Names join team and workspace with `.`, which neither may contain (both are DNS labels), so
+//! two workspaces can never share a container or a volume.
+
+use std::collections::HashMap;
+
+use bollard::models::{
+    ContainerCreateBody, HostConfig, Mount, MountType, NetworkCreateRequest, RestartPolicy, RestartPolicyNameEnum,
+    VolumeCreateRequest,
+};
+use deskpod_controller::quantity::{self, Milli};
+use deskpod_controller::workspace::render::DesiredWorkspace;
+use deskpod_images::catalogue::desktop;
+use deskpod_images::probe::{Limits, desktop_container};
+
+/// On every container, volume and network the portal creates: `deskpod-portal`.
+pub const MANAGED_BY_LABEL: &str = "deskpod.io/managed-by";
+pub const MANAGED_BY: &str = "deskpod-portal";
+/// The team a container, volume or network belongs to.
+pub const TEAM_LABEL: &str = "deskpod.io/team";
+/// The workspace a container or volume belongs to.
+pub const WORKSPACE_LABEL: &str = "deskpod.io/workspace";
+
+/// CPU and memory a workspace gets when neither it, its template nor its team says: what a
+/// desktop needs to be usable, and what the team's budget is charged.
+pub const DEFAULT_CPU_LIMIT: &str = "2";
+pub const DEFAULT_MEMORY_LIMIT: &str = "2Gi";
+/// At most this many processes in a desktop (a fork bomb stays in its container).
+pub const PIDS_LIMIT: i64 = 4096;
+
+/// The desktop container of a workspace.
+pub fn container_name(team: &str, workspace: &str) -> String {
+    format!("deskpod.{team}.{workspace}")
+}
+
+/// The home volume of a workspace.
+pub fn volume_name(team: &str, workspace: &str) -> String {
+    format!("deskpod-home.{team}.{workspace}")
+}
+
+/// The bridge network of a team: its desktops reach each other and the outside, never another
+/// team's desktops (Docker isolates bridge networks from each other).
+pub fn network_name(team: &str) -> String {
+    format!("deskpod-team.{team}")
+}
+
+/// What a running workspace takes from its team's budget: its CPU and memory limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Footprint {
+    /// Millicores.
+    pub cpu: Milli,
+    /// Thousandths of a byte, as [`quantity::parse`] counts.
+    pub memory: Milli,
+}
+
+impl Default for Footprint {
+    /// Nothing.
+    fn default() -> Self {
+        Footprint { cpu: Milli(0), memory: Milli(0) }
+    }
+}
+
+impl Footprint {
+    /// The limits `desired` resolves to, or the defaults where it sets none.
+    pub fn of(desired: &DesiredWorkspace) -> Result<Self, String> {
+        let resources = &desired.resources;
+        let pick = |limit: &Option<k8s_openapi::apimachinery::pkg::api::resource::Quantity>, default: &str| {
+            let raw = limit.as_ref().map_or(default, |q| q.0.as_str());
+            quantity::parse(raw).map_err(|e| e.to_string())
+        };
+        Ok(Footprint {
+            cpu: pick(&resources.cpu_limit, DEFAULT_CPU_LIMIT)?,
+            memory: pick(&resources.memory_limit, DEFAULT_MEMORY_LIMIT)?,
+        })
+    }
+
+    pub fn plus(self, other: Footprint) -> Footprint {
+        Footprint { cpu: Milli(self.cpu.0 + other.cpu.0), memory: Milli(self.memory.0 + other.memory.0) }
+    }
+}
+
+fn labels(team: &str, workspace: Option<&str>) -> HashMap<String, String> {
+    let mut labels =
+        HashMap::from([(MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()), (TEAM_LABEL.to_owned(), team.to_owned())]);
+    if let Some(workspace) = workspace {
+        labels.insert(WORKSPACE_LABEL.to_owned(), workspace.to_owned());
+    }
+    labels
+}
+
+/// The team's network.
+pub fn network(team: &str) -> NetworkCreateRequest {
+    NetworkCreateRequest {
+        name: network_name(team),
+        driver: Some("bridge".into()),
+        labels: Some(labels(team, None)),
+        ..NetworkCreateRequest::default()
+    }
+}
+
+/// The workspace's home volume.
+pub fn volume(team: &str, workspace: &str) -> VolumeCreateRequest {
+    VolumeCreateRequest {
+        name: Some(volume_name(team, workspace)),
+        labels: Some(labels(team, Some(workspace))),
+        ..VolumeCreateRequest::default()
+    }
+}
+
+/// The desktop container: the image's contract (VNC password, uid 1000), the template's
+/// environment, its limits and `/dev/shm`, no capabilities and no privilege escalation, the home
+/// volume at the home path, on the team's network only, restarted unless stopped.
+pub fn desktop(
+    desired: &DesiredWorkspace,
+    password: &str,
+    footprint: Footprint,
+) -> Result<ContainerCreateBody, String> {
+    let shm = quantity::parse_quantity(&desired.shm_size).map_err(|e| format!("/dev/shm size: {e}"))?;
+    let limits = Limits {
+        memory_bytes: i64::try_from(footprint.memory.0 / 1000).map_err(|_| "the memory limit is too large")?,
+        nano_cpus: i64::try_from(footprint.cpu.0 * 1_000_000).map_err(|_| "the CPU limit is too large")?,
+        shm_bytes: i64::try_from(shm.0 / 1000).map_err(|_| "the /dev/shm size is too large")?,
+    };
+    let mut body = desktop_container(&desired.image, Some(password), limits);
+    let env = body.env.get_or_insert_with(Vec::new);
+    // The contract's variables win over a template's of the same name.
+    env.splice(0..0, desired.env.iter().map(|var| format!("{}={}", var.name, var.value)));
+    body.user = Some(format!("{}:{}", desktop::UID, desktop::GID));
+    body.hostname = Some(desired.name.clone());
+    body.labels = Some(labels(&desired.team, Some(&desired.name)));
+    let host = body.host_config.get_or_insert_with(HostConfig::default);
+    host.memory_swap = host.memory; // no swap beyond the limit
+    host.pids_limit = Some(PIDS_LIMIT);
+    host.network_mode = Some(network_name(&desired.team));
+    host.restart_policy =
+        Some(RestartPolicy { name: Some(RestartPolicyNameEnum::UNLESS_STOPPED), maximum_retry_count: None });
+    host.mounts = Some(vec![Mount {
+        target: Some(desired.home_path.clone()),
+        source: Some(volume_name(&desired.team, &desired.name)),
+        typ: Some(MountType::VOLUME),
+        ..Mount::default()
+    }]);
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use deskpod_controller::api::ReclaimPolicy;
+    use deskpod_controller::api::{DesktopProtocol, EnvVar, TemplateResources};
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+    use super::*;
+
+    fn desired(resources: TemplateResources) -> DesiredWorkspace {
+        DesiredWorkspace {
+            name: "dev".into(),
+            namespace: "team-a".into(),
+            team: "a".into(),
+            owner: "ada@example.com".into(),
+            owner_hash: "h".into(),
+            owner_reference: None,
+            template: "python".into(),
+            image: "deskpod/desktop-python:latest".into(),
+            image_pull_policy: "IfNotPresent".into(),
+            protocol: DesktopProtocol::Novnc,
+            port: 6901,
+            home_path: "/home/user".into(),
+            home_size: Quantity("10Gi".into()),
+            storage_class_name: None,
+            reclaim_policy: ReclaimPolicy::Delete,
+            shm_size: Quantity("512Mi".into()),
+            resources,
+            gpus: 0,
+            env: vec![EnvVar { name: "VNC_PW".into(), value: "from-template".into() }],
+            idle_timeout: None,
+        }
+    }
+
+    #[test]
+    fn names_cannot_collide_across_teams() {
+        assert_ne!(container_name("a-b", "c"), container_name("a", "b-c"));
+        assert_ne!(volume_name("a-b", "c"), volume_name("a", "b-c"));
+        assert_eq!(network_name("a"), "deskpod-team.a");
+    }
+
+    #[test]
+    fn limits_come_from_the_resolved_resources_or_the_defaults() {
+        let set = TemplateResources {
+            cpu_limit: Some(Quantity("1500m".into())),
+            memory_limit: Some(Quantity("3Gi".into())),
+            ..TemplateResources::default()
+        };
+        assert_eq!(
+            Footprint::of(&desired(set)).unwrap(),
+            Footprint { cpu: Milli(1500), memory: Milli(3 * (1 << 30) * 1000) }
+        );
+        assert_eq!(
+            Footprint::of(&desired(TemplateResources::default())).unwrap(),
+            Footprint { cpu: Milli(2000), memory: Milli(2 * (1 << 30) * 1000) }
+        );
+    }
+
+    #[test]
+    fn the_desktop_runs_unprivileged_with_its_limits_on_its_team_network() {
+        let d = desired(TemplateResources::default());
+        let body = desktop(&d, "secret-pw", Footprint::of(&d).unwrap()).unwrap();
+        let host = body.host_config.as_ref().unwrap();
+        assert_eq!(host.memory, Some(2 << 30));
+        assert_eq!(host.memory_swap, Some(2 << 30));
+        assert_eq!(host.nano_cpus, Some(2_000_000_000));
+        assert_eq!(host.shm_size, Some(512 << 20));
+        assert_eq!(host.cap_drop.as_deref(), Some(&["ALL".to_owned()][..]));
+        assert_eq!(host.security_opt.as_deref(), Some(&["no-new-privileges".to_owned()][..]));
+        assert_eq!(host.network_mode.as_deref(), Some("deskpod-team.a"));
+        assert!(host.privileged.is_none_or(|p| !p));
+        assert_eq!(body.user.as_deref(), Some("1000:1000"));
+        let mount = &host.mounts.as_ref().unwrap()[0];
+        assert_eq!(mount.source.as_deref(), Some("deskpod-home.a.dev"));
+        assert_eq!(mount.target.as_deref(), Some("/home/user"));
+        // The password the portal holds is the one that counts: it comes last.
+        let env = body.env.unwrap();
+        assert_eq!(env.iter().rfind(|v| v.starts_with("VNC_PW=")).map(String::as_str), Some("VNC_PW=secret-pw"));
+        assert_eq!(body.labels.unwrap()[WORKSPACE_LABEL], "dev");
+    }
+}

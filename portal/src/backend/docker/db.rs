@@ -1,0 +1,307 @@
+//! The single-host backend's records in the portal's SQLite database (tables `docker_*`, created
+//! by the store's migrations): teams and templates as the controller's objects in JSON, and one
+//! row per workspace with what its owner wants (`running`) and its VNC password.
+
+use deskpod_controller::api::{Team, WorkspaceTemplate};
+use jiff::Timestamp;
+use rusqlite::{OptionalExtension, Row, params};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::Result;
+use crate::store::SqliteStore;
+
+/// A workspace as the backend records it.
+#[derive(Clone, PartialEq)]
+pub struct WorkspaceRow {
+    pub team: String,
+    pub name: String,
+    pub owner: String,
+    pub template: String,
+    /// What the owner wants.
+    pub running: bool,
+    /// Never logged: `Debug` leaves it out.
+    pub vnc_password: String,
+    pub created_at: Timestamp,
+    pub started_at: Option<Timestamp>,
+    pub last_input: Option<Timestamp>,
+    /// Deletion was asked for; the container or the volume may still be there.
+    pub deleting: bool,
+    /// Why the last start failed.
+    pub failure: Option<String>,
+}
+
+impl std::fmt::Debug for WorkspaceRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkspaceRow")
+            .field("team", &self.team)
+            .field("name", &self.name)
+            .field("owner", &self.owner)
+            .field("template", &self.template)
+            .field("running", &self.running)
+            .field("deleting", &self.deleting)
+            .field("failure", &self.failure)
+            .finish_non_exhaustive()
+    }
+}
+
+const WORKSPACE_COLUMNS: &str =
+    "team, name, owner, template, running, vnc_password, created_at, started_at, last_input, deleting, failure";
+
+fn workspace_from_row(row: &Row<'_>) -> rusqlite::Result<WorkspaceRow> {
+    let time = |i: usize| -> rusqlite::Result<Option<Timestamp>> {
+        Ok(row.get::<_, Option<i64>>(i)?.and_then(|s| Timestamp::from_second(s).ok()))
+    };
+    Ok(WorkspaceRow {
+        team: row.get(0)?,
+        name: row.get(1)?,
+        owner: row.get(2)?,
+        template: row.get(3)?,
+        running: row.get(4)?,
+        vnc_password: row.get(5)?,
+        created_at: time(6)?.unwrap_or(Timestamp::UNIX_EPOCH),
+        started_at: time(7)?,
+        last_input: time(8)?,
+        deleting: row.get(9)?,
+        failure: row.get(10)?,
+    })
+}
+
+/// Which workspaces to list.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Filter<'a> {
+    pub team: Option<&'a str>,
+    pub owner: Option<&'a str>,
+}
+
+/// The single-host records, on the portal's database.
+#[derive(Clone)]
+pub struct Db {
+    store: SqliteStore,
+}
+
+fn from_json<T: DeserializeOwned>(text: &str) -> rusqlite::Result<T> {
+    serde_json::from_str(text)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
+}
+
+fn to_json<T: Serialize>(value: &T) -> rusqlite::Result<String> {
+    serde_json::to_string(value).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+}
+
+impl Db {
+    pub fn new(store: SqliteStore) -> Self {
+        Self { store }
+    }
+
+    pub async fn teams(&self) -> Result<Vec<Team>> {
+        self.store
+            .run("reading teams", |conn| {
+                let mut stmt = conn.prepare("SELECT object FROM docker_teams ORDER BY name")?;
+                let rows = stmt.query_map([], |row| from_json(&row.get::<_, String>(0)?))?;
+                rows.collect()
+            })
+            .await
+    }
+
+    pub async fn team(&self, name: &str) -> Result<Option<Team>> {
+        let name = name.to_owned();
+        self.store
+            .run("reading a team", move |conn| {
+                conn.query_row("SELECT object FROM docker_teams WHERE name = ?1", [name], |row| {
+                    from_json(&row.get::<_, String>(0)?)
+                })
+                .optional()
+            })
+            .await
+    }
+
+    /// Creates or replaces a team.
+    pub async fn put_team(&self, team: &Team) -> Result<()> {
+        let name = team.metadata.name.clone().unwrap_or_default();
+        let object = to_json_now(team)?;
+        self.store
+            .run("saving a team", move |conn| {
+                conn.execute(
+                    "INSERT INTO docker_teams (name, object) VALUES (?1, ?2)
+                     ON CONFLICT (name) DO UPDATE SET object = excluded.object",
+                    params![name, object],
+                )
+                .map(drop)
+            })
+            .await
+    }
+
+    pub async fn templates(&self) -> Result<Vec<WorkspaceTemplate>> {
+        self.store
+            .run("reading templates", |conn| {
+                let mut stmt = conn.prepare("SELECT object FROM docker_templates ORDER BY name")?;
+                let rows = stmt.query_map([], |row| from_json(&row.get::<_, String>(0)?))?;
+                rows.collect()
+            })
+            .await
+    }
+
+    pub async fn template(&self, name: &str) -> Result<Option<WorkspaceTemplate>> {
+        let name = name.to_owned();
+        self.store
+            .run("reading a template", move |conn| {
+                conn.query_row("SELECT object FROM docker_templates WHERE name = ?1", [name], |row| {
+                    from_json(&row.get::<_, String>(0)?)
+                })
+                .optional()
+            })
+            .await
+    }
+
+    /// Creates or replaces a template.
+    pub async fn put_template(&self, template: &WorkspaceTemplate) -> Result<()> {
+        let name = template.metadata.name.clone().unwrap_or_default();
+        let object = to_json_now(template)?;
+        self.store
+            .run("saving a template", move |conn| {
+                conn.execute(
+                    "INSERT INTO docker_templates (name, object) VALUES (?1, ?2)
+                     ON CONFLICT (name) DO UPDATE SET object = excluded.object",
+                    params![name, object],
+                )
+                .map(drop)
+            })
+            .await
+    }
+
+    pub async fn workspaces(&self, filter: Filter<'_>) -> Result<Vec<WorkspaceRow>> {
+        let team = filter.team.map(str::to_owned);
+        let owner = filter.owner.map(str::to_owned);
+        self.store
+            .run("reading workspaces", move |conn| {
+                let mut stmt = conn.prepare(&format!(
+                    "SELECT {WORKSPACE_COLUMNS} FROM docker_workspaces
+                     WHERE (?1 IS NULL OR team = ?1) AND (?2 IS NULL OR owner = ?2) ORDER BY team, name"
+                ))?;
+                let rows = stmt.query_map(params![team, owner], workspace_from_row)?;
+                rows.collect()
+            })
+            .await
+    }
+
+    pub async fn workspace(&self, team: &str, name: &str) -> Result<Option<WorkspaceRow>> {
+        let (team, name) = (team.to_owned(), name.to_owned());
+        self.store
+            .run("reading a workspace", move |conn| {
+                conn.query_row(
+                    &format!("SELECT {WORKSPACE_COLUMNS} FROM docker_workspaces WHERE team = ?1 AND name = ?2"),
+                    params![team, name],
+                    workspace_from_row,
+                )
+                .optional()
+            })
+            .await
+    }
+
+    /// Records a new workspace; a taken name is [`crate::Error::Conflict`].
+    pub async fn insert_workspace(&self, row: WorkspaceRow) -> Result<()> {
+        self.store
+            .run("recording a workspace", move |conn| {
+                conn.execute(
+                    &format!(
+                        "INSERT INTO docker_workspaces ({WORKSPACE_COLUMNS})
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+                    ),
+                    params![
+                        row.team,
+                        row.name,
+                        row.owner,
+                        row.template,
+                        row.running,
+                        row.vnc_password,
+                        row.created_at.as_second(),
+                        row.started_at.map(|t| t.as_second()),
+                        row.last_input.map(|t| t.as_second()),
+                        row.deleting,
+                        row.failure,
+                    ],
+                )
+                .map(drop)
+            })
+            .await
+    }
+
+    /// Sets what the owner wants; starting clears the last failure. Whether the row was there.
+    pub async fn set_running(&self, team: &str, name: &str, running: bool, at: Timestamp) -> Result<bool> {
+        let (team, name) = (team.to_owned(), name.to_owned());
+        self.store
+            .run("starting or stopping a workspace", move |conn| {
+                let changed = if running {
+                    conn.execute(
+                        "UPDATE docker_workspaces SET running = 1, started_at = ?3, last_input = NULL, failure = NULL
+                         WHERE team = ?1 AND name = ?2 AND NOT deleting",
+                        params![team, name, at.as_second()],
+                    )?
+                } else {
+                    conn.execute(
+                        "UPDATE docker_workspaces SET running = 0 WHERE team = ?1 AND name = ?2",
+                        params![team, name],
+                    )?
+                };
+                Ok(changed > 0)
+            })
+            .await
+    }
+
+    pub async fn set_failure(&self, team: &str, name: &str, failure: Option<String>) -> Result<()> {
+        let (team, name) = (team.to_owned(), name.to_owned());
+        self.store
+            .run("recording a failure", move |conn| {
+                conn.execute(
+                    "UPDATE docker_workspaces SET failure = ?3 WHERE team = ?1 AND name = ?2",
+                    params![team, name, failure],
+                )
+                .map(drop)
+            })
+            .await
+    }
+
+    /// Marks a workspace for deletion; whether it was there.
+    pub async fn set_deleting(&self, team: &str, name: &str) -> Result<bool> {
+        let (team, name) = (team.to_owned(), name.to_owned());
+        self.store
+            .run("deleting a workspace", move |conn| {
+                let changed = conn.execute(
+                    "UPDATE docker_workspaces SET deleting = 1, running = 0 WHERE team = ?1 AND name = ?2",
+                    params![team, name],
+                )?;
+                Ok(changed > 0)
+            })
+            .await
+    }
+
+    /// Forgets a workspace whose container and volume are gone.
+    pub async fn remove_workspace(&self, team: &str, name: &str) -> Result<()> {
+        let (team, name) = (team.to_owned(), name.to_owned());
+        self.store
+            .run("forgetting a workspace", move |conn| {
+                conn.execute("DELETE FROM docker_workspaces WHERE team = ?1 AND name = ?2", params![team, name])
+                    .map(drop)
+            })
+            .await
+    }
+
+    pub async fn record_input(&self, team: &str, name: &str, at: Timestamp) -> Result<bool> {
+        let (team, name) = (team.to_owned(), name.to_owned());
+        self.store
+            .run("recording desktop input", move |conn| {
+                let changed = conn.execute(
+                    "UPDATE docker_workspaces SET last_input = ?3 WHERE team = ?1 AND name = ?2",
+                    params![team, name, at.as_second()],
+                )?;
+                Ok(changed > 0)
+            })
+            .await
+    }
+}
+
+/// JSON of an object, failing like a store error.
+fn to_json_now<T: Serialize>(value: &T) -> Result<String> {
+    to_json(value).map_err(|source| crate::Error::Store { step: "encoding an object", source: source.into() })
+}

@@ -1,0 +1,859 @@
+//! Single-host mode: workspaces as containers on one Docker Engine, through bollard.
+//!
+//! - **State** lives in the portal's SQLite database ([`db`]): teams and templates as the
+//!   controller's own types, so the same validation ([`render::validate`]) resolves what a
+//!   workspace runs on either backend, and a row per workspace saying what its owner wants.
+//! - **A workspace** is a container `deskpod.<team>.<name>` (the template's image, its CPU and
+//!   memory limits, `/dev/shm`, uid 1000, no capabilities, no privilege escalation) with a named
+//!   volume `deskpod-home.<team>.<name>` at its home, on the team's bridge network
+//!   `deskpod-team.<team>`: teams cannot reach each other's desktops. Stopping removes the
+//!   container and keeps the volume; deleting removes both.
+//! - **The quota** is the backend's ([`quota`]): a team's workspace count, and the sum of the
+//!   limits of its running workspaces against its CPU and memory quota. The decision and the
+//!   record of it are one step (a lock), so two requests can never both take the last share.
+//! - **Running** means the desktop's websocket answered with the RFB banner; the portal's proxy
+//!   reaches it at the container's address on the team network.
+//! - **Convergence**: requests act at once, and a reconciler compares the rows with the
+//!   containers every few seconds (and when woken) to finish what a crash interrupted: it starts
+//!   wanted desktops that have no container, removes containers nobody wants (stopped, deleted, or
+//!   unknown to the database), finishes deletions, and stops desktops idle past their template's
+//!   `idleTimeout`. Home volumes are only ever removed by deleting their workspace.
+
+pub mod container;
+mod db;
+pub mod quota;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::errors::Error as DockerError;
+use bollard::models::{ContainerSummary, ContainerSummaryStateEnum};
+use bollard::query_parameters::{
+    CreateContainerOptions, ListContainersOptions, RemoveContainerOptions, RemoveVolumeOptions, StopContainerOptions,
+};
+use deskpod_controller::api::{
+    DesktopProtocol, HomeVolume, Team, TeamMember, TeamRole as TeamObjectRole, TeamSpec, Workspace, WorkspaceSpec,
+    WorkspaceTemplate, WorkspaceTemplateSpec,
+};
+use deskpod_controller::workspace::render::{self, DesiredWorkspace};
+use futures::future::BoxFuture;
+use jiff::Timestamp;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+pub use self::container::Footprint;
+use self::db::{Db, Filter, WorkspaceRow};
+use self::quota::{Ask, Usage};
+use super::invite::members_with;
+use super::views::{memberships_in, team_view, template_view, validate_workspace_name};
+use super::{
+    Backend, BackendError, BackendResult, DesktopEndpoint, NewWorkspace, Phase, Protocol, TeamView, TemplateView,
+    WorkspaceView,
+};
+use crate::authz::Membership;
+use crate::membership::MembershipSource;
+use crate::store::SqliteStore;
+
+/// How often the reconciler compares rows and containers when nothing wakes it.
+const RESYNC: Duration = Duration::from_secs(5);
+/// How long a desktop may take from start to its first RFB banner before the watch gives up
+/// (a later look at the workspace starts a new watch).
+const READY_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long a stopping desktop gets to exit before it is killed.
+const STOP_GRACE_SECONDS: i32 = 3;
+
+/// Workspaces on a Docker Engine; see the module docs.
+pub struct DockerBackend {
+    inner: Arc<Inner>,
+    reconciler: JoinHandle<()>,
+}
+
+struct Inner {
+    docker: Docker,
+    db: Db,
+    /// Held from a quota decision until its row is written.
+    admission: tokio::sync::Mutex<()>,
+    /// Held while a team network is looked up and created.
+    networks: tokio::sync::Mutex<()>,
+    /// Desktops (by container id) whose banner arrived, or that are being watched for it.
+    ready: Mutex<HashMap<String, Readiness>>,
+    /// Wakes the reconciler.
+    wake: Notify,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Readiness {
+    Watching,
+    Ready,
+}
+
+impl Drop for DockerBackend {
+    fn drop(&mut self) {
+        self.reconciler.abort();
+    }
+}
+
+/// A container of a workspace, as listed.
+#[derive(Clone, Debug)]
+struct Observed {
+    id: String,
+    state: ContainerSummaryStateEnum,
+    /// Docker's words: `Up 3 seconds`, `Exited (1) 2 seconds ago`.
+    status: String,
+    /// Its address on the team network.
+    ip: Option<IpAddr>,
+}
+
+impl DockerBackend {
+    /// A backend on `docker`, keeping its records in `store`'s database; starts the reconciler.
+    pub fn new(docker: Docker, store: SqliteStore) -> Self {
+        let inner = Arc::new(Inner {
+            docker,
+            db: Db::new(store),
+            admission: tokio::sync::Mutex::new(()),
+            networks: tokio::sync::Mutex::new(()),
+            ready: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+        });
+        let reconciler = tokio::spawn(Inner::reconcile_forever(Arc::clone(&inner)));
+        Self { inner, reconciler }
+    }
+
+    /// Connects to the local Docker Engine (`DOCKER_HOST` or /var/run/docker.sock).
+    pub async fn connect(store: SqliteStore) -> BackendResult<Self> {
+        let docker = deskpod_images::connect_docker().await.map_err(|e| BackendError::Unavailable(e.to_string()))?;
+        Ok(Self::new(docker, store))
+    }
+
+    /// Creates or replaces a team (its members, quota and limits).
+    pub async fn put_team(&self, name: &str, spec: TeamSpec) -> BackendResult<()> {
+        validate_object_name("team", name)?;
+        self.inner.db.put_team(&Team::new(name, spec)).await.map_err(store_failed)?;
+        Ok(())
+    }
+
+    /// Creates or replaces a template.
+    pub async fn put_template(&self, name: &str, spec: WorkspaceTemplateSpec) -> BackendResult<()> {
+        validate_object_name("template", name)?;
+        self.inner.db.put_template(&WorkspaceTemplate::new(name, spec)).await.map_err(store_failed)?;
+        Ok(())
+    }
+
+    /// Fills an empty database: a template per desktop image that is built here (the base image
+    /// only when no variant is), and a team `default` with `admin` as its lead. Returns what it
+    /// created, for the start-up message.
+    pub async fn seed_defaults(&self, admin: &str) -> BackendResult<Vec<String>> {
+        let mut created = Vec::new();
+        if self.inner.db.templates().await.map_err(store_failed)?.is_empty() {
+            for image in deskpod_images::catalogue::desktops() {
+                if self.inner.docker.inspect_image(image.tag).await.is_err() {
+                    continue;
+                }
+                let name = if image.name == deskpod_images::catalogue::DESKTOP_BASE { "xfce" } else { image.name };
+                self.put_template(name, default_template(image)).await?;
+                created.push(format!("template {name} ({})", image.tag));
+            }
+        }
+        if self.inner.db.teams().await.map_err(store_failed)?.is_empty() {
+            self.put_team(DEFAULT_TEAM, default_team(admin)).await?;
+            created.push(format!("team {DEFAULT_TEAM} (lead: {admin})"));
+        }
+        Ok(created)
+    }
+
+    /// Runs one pass of the reconciler now (tests, and after start-up).
+    pub async fn reconcile_now(&self) {
+        self.inner.reconcile().await;
+    }
+}
+
+/// The team an empty single-host database gets.
+pub const DEFAULT_TEAM: &str = "default";
+
+fn default_team(admin: &str) -> TeamSpec {
+    use deskpod_controller::api::TeamQuota;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    TeamSpec {
+        display_name: Some("Everyone on this host".into()),
+        quota: TeamQuota {
+            cpu: Some(Quantity("8".into())),
+            memory: Some(Quantity("16Gi".into())),
+            workspaces: Some(20),
+            ..TeamQuota::default()
+        },
+        members: vec![TeamMember { user: admin.to_owned(), role: TeamObjectRole::Lead, expires_at: None }],
+        ..TeamSpec::default()
+    }
+}
+
+fn default_template(image: &deskpod_images::catalogue::ImageSpec) -> WorkspaceTemplateSpec {
+    use deskpod_controller::api::TemplateResources;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    WorkspaceTemplateSpec {
+        display_name: match image.name {
+            "python" => "Python".into(),
+            "java" => "Java".into(),
+            "node" => "Node.js".into(),
+            _ => "XFCE desktop".into(),
+        },
+        description: Some(format!("{} ({})", image.summary, image.tag)),
+        image: image.tag.to_owned(),
+        protocol: DesktopProtocol::Novnc,
+        port: i32::from(deskpod_images::catalogue::desktop::VNC_PORT),
+        resources: TemplateResources {
+            cpu_request: Some(Quantity("500m".into())),
+            cpu_limit: Some(Quantity("2".into())),
+            memory_request: Some(Quantity("1Gi".into())),
+            memory_limit: Some(Quantity("2Gi".into())),
+        },
+        image_pull_policy: None,
+        home_path: None,
+        home_size: None,
+        shm_size: Some(Quantity("512Mi".into())),
+        gpus: 0,
+        env: vec![],
+        idle_timeout: Some("2h".into()),
+    }
+}
+
+fn validate_object_name(what: &str, name: &str) -> BackendResult<()> {
+    validate_workspace_name(name)
+        .map_err(|e| BackendError::Invalid(e.replace("workspace", what).replace("a workspace", &format!("a {what}"))))
+}
+
+fn store_failed(error: crate::Error) -> BackendError {
+    tracing::error!(%error, "single-host backend: the database failed");
+    BackendError::Unavailable("the portal's database failed; see the portal's log".into())
+}
+
+fn docker_failed(what: &str, error: DockerError) -> BackendError {
+    tracing::error!(%error, "Docker Engine: {what} failed");
+    BackendError::Unavailable(format!("the Docker Engine failed while {what}"))
+}
+
+fn not_found(team: &str, name: &str) -> BackendError {
+    BackendError::NotFound(format!("there is no workspace {name} in team {team}"))
+}
+
+fn is_status(error: &DockerError, code: u16) -> bool {
+    matches!(error, DockerError::DockerResponseServerError { status_code, .. } if *status_code == code)
+}
+
+/// The workspace object the controller's validation takes.
+fn workspace_object(row: &WorkspaceRow) -> Workspace {
+    let mut ws = Workspace::new(
+        &row.name,
+        WorkspaceSpec {
+            owner: row.owner.clone(),
+            template: row.template.clone(),
+            running: row.running,
+            resources: None,
+            home: HomeVolume::default(),
+        },
+    );
+    ws.metadata.namespace = Some(format!("team-{}", row.team));
+    ws
+}
+
+/// Where a workspace stands, from its row, its container and whether its desktop answered.
+fn phase_of(row: &WorkspaceRow, container: Option<&Observed>, ready: bool) -> (Phase, Option<String>) {
+    use ContainerSummaryStateEnum as State;
+    if row.deleting {
+        return (Phase::Stopping, Some("deleting the desktop and its home".into()));
+    }
+    if !row.running {
+        return match container {
+            Some(_) => (Phase::Stopping, Some("stopping the desktop; the home is kept".into())),
+            None => (Phase::Stopped, None),
+        };
+    }
+    if let Some(failure) = &row.failure {
+        return (Phase::Failed, Some(failure.clone()));
+    }
+    match container.map(|c| (c.state, c)) {
+        None => (Phase::Pending, Some("waiting to start".into())),
+        Some((State::RUNNING, _)) if ready => (Phase::Running, None),
+        Some((State::RUNNING, _)) => (Phase::Starting, Some("starting the desktop".into())),
+        Some((State::CREATED, _)) => (Phase::Starting, Some("starting the container".into())),
+        Some((State::RESTARTING, c)) | Some((State::EXITED, c)) | Some((State::DEAD, c)) => {
+            (Phase::Starting, Some(format!("the desktop exited and is being restarted ({})", c.status)))
+        }
+        Some((_, c)) => (Phase::Starting, Some(c.status.clone())),
+    }
+}
+
+fn view(row: &WorkspaceRow, container: Option<&Observed>, ready: bool) -> WorkspaceView {
+    let (phase, message) = phase_of(row, container, ready);
+    let problems = match phase {
+        Phase::Failed => BTreeMap::from([("StartFailed".to_owned(), message.clone().unwrap_or_default())]),
+        _ => BTreeMap::new(),
+    };
+    WorkspaceView {
+        team: row.team.clone(),
+        name: row.name.clone(),
+        owner: row.owner.clone(),
+        template: row.template.clone(),
+        running: row.running,
+        phase,
+        message,
+        problems,
+        created_at: Some(row.created_at),
+        started_at: if phase == Phase::Running { row.started_at } else { None },
+    }
+}
+
+impl Inner {
+    fn readiness(&self, id: &str) -> Option<Readiness> {
+        self.ready.lock().unwrap_or_else(PoisonError::into_inner).get(id).copied()
+    }
+
+    /// The workspaces' containers, by (team, workspace).
+    async fn containers(&self, team: Option<&str>) -> BackendResult<HashMap<(String, String), Observed>> {
+        let mut labels = vec![format!("{}={}", container::MANAGED_BY_LABEL, container::MANAGED_BY)];
+        if let Some(team) = team {
+            labels.push(format!("{}={team}", container::TEAM_LABEL));
+        }
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([("label".to_owned(), labels)])),
+            ..ListContainersOptions::default()
+        };
+        let listed =
+            self.docker.list_containers(Some(options)).await.map_err(|e| docker_failed("listing desktops", e))?;
+        Ok(listed.into_iter().filter_map(observed).collect())
+    }
+
+    /// Views of `rows`, watching the readiness of desktops nobody watches yet.
+    async fn views(self: &Arc<Self>, rows: &[WorkspaceRow], team: Option<&str>) -> BackendResult<Vec<WorkspaceView>> {
+        let containers = self.containers(team).await?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let container = containers.get(&(row.team.clone(), row.name.clone()));
+                let ready = container.is_some_and(|c| self.check_ready(row, c));
+                view(row, container, ready)
+            })
+            .collect())
+    }
+
+    /// Whether the desktop in `container` answered; starts watching it if nobody does.
+    fn check_ready(self: &Arc<Self>, row: &WorkspaceRow, container: &Observed) -> bool {
+        match self.readiness(&container.id) {
+            Some(Readiness::Ready) => true,
+            Some(Readiness::Watching) => false,
+            None => {
+                if row.running
+                    && container.state == ContainerSummaryStateEnum::RUNNING
+                    && let Some(ip) = container.ip
+                {
+                    self.watch_readiness(container.id.clone(), ip);
+                }
+                false
+            }
+        }
+    }
+
+    /// Waits (in the background) for the desktop's RFB banner on its websocket.
+    fn watch_readiness(self: &Arc<Self>, id: String, ip: IpAddr) {
+        {
+            let mut ready = self.ready.lock().unwrap_or_else(PoisonError::into_inner);
+            if ready.contains_key(&id) {
+                return;
+            }
+            ready.insert(id.clone(), Readiness::Watching);
+        }
+        let inner = Arc::clone(self);
+        tokio::spawn(async move {
+            let url = deskpod_images::probe::websocket_url(&ip.to_string());
+            let answered = deskpod_images::probe::wait_for_rfb_banner(&url, READY_TIMEOUT).await;
+            let mut ready = inner.ready.lock().unwrap_or_else(PoisonError::into_inner);
+            match answered {
+                Ok(_) => {
+                    ready.insert(id, Readiness::Ready);
+                }
+                Err(error) => {
+                    tracing::warn!(container = %id, %error, "a desktop did not answer");
+                    ready.remove(&id);
+                }
+            }
+        });
+    }
+
+    /// The team, its template and what the workspace in `row` resolves to.
+    async fn resolve(&self, row: &WorkspaceRow) -> BackendResult<(Team, DesiredWorkspace)> {
+        let team = self
+            .db
+            .team(&row.team)
+            .await
+            .map_err(store_failed)?
+            .ok_or_else(|| BackendError::NotFound(format!("team {} does not exist", row.team)))?;
+        let template = self.db.template(&row.template).await.map_err(store_failed)?;
+        let desired = render::validate(&workspace_object(row), template.as_ref(), &team).map_err(|e| {
+            BackendError::Invalid(e.message.replace("`kubectl get workspacetemplates` lists", "the catalog lists"))
+        })?;
+        Ok((team, desired))
+    }
+
+    /// What the team's running workspaces take, and how many workspaces it has.
+    async fn usage(&self, team: &str) -> BackendResult<Usage> {
+        let rows = self.db.workspaces(Filter { team: Some(team), owner: None }).await.map_err(store_failed)?;
+        let mut usage = Usage { workspaces: i64::try_from(rows.len()).unwrap_or(i64::MAX), ..Usage::default() };
+        for row in rows.iter().filter(|r| r.running && !r.deleting) {
+            // A workspace whose template went away takes nothing (it cannot run).
+            if let Ok((_, desired)) = self.resolve(row).await
+                && let Ok(footprint) = Footprint::of(&desired)
+            {
+                usage.running = usage.running.plus(footprint);
+            }
+        }
+        Ok(usage)
+    }
+
+    async fn create(self: &Arc<Self>, new: NewWorkspace) -> BackendResult<WorkspaceView> {
+        validate_workspace_name(&new.name).map_err(BackendError::Invalid)?;
+        let password = crate::random::url_safe::<6>()
+            .map_err(|_| BackendError::Unavailable("the system's random generator failed".into()))?;
+        let now = Timestamp::now();
+        let row = WorkspaceRow {
+            team: new.team.clone(),
+            name: new.name.clone(),
+            owner: new.owner.clone(),
+            template: new.template.clone(),
+            running: true,
+            vnc_password: password,
+            created_at: now,
+            started_at: Some(now),
+            last_input: None,
+            deleting: false,
+            failure: None,
+        };
+        let (team, desired) = self.resolve(&row).await?;
+        let footprint = Footprint::of(&desired).map_err(BackendError::Invalid)?;
+        self.require_image(&desired.image).await?;
+        {
+            let _decision = self.admission.lock().await;
+            if self.db.workspace(&new.team, &new.name).await.map_err(store_failed)?.is_some() {
+                return Err(BackendError::Conflict(format!(
+                    "team {} already has a workspace named {}; pick another name",
+                    new.team, new.name
+                )));
+            }
+            quota::admit(&team, self.usage(&new.team).await?, Ask::Create(footprint)).map_err(BackendError::Invalid)?;
+            self.db.insert_workspace(row.clone()).await.map_err(store_failed)?;
+        }
+        if let Err(error) = self.start_container(&row, &desired, footprint).await {
+            // Nothing is left of a workspace that could not start the first time.
+            self.remove_container(&row.team, &row.name).await.ok();
+            self.remove_volume(&row.team, &row.name).await.ok();
+            self.db.remove_workspace(&row.team, &row.name).await.map_err(store_failed)?;
+            return Err(error);
+        }
+        let mut views = self.views(std::slice::from_ref(&row), Some(&row.team)).await?;
+        Ok(views.remove(0))
+    }
+
+    async fn require_image(&self, image: &str) -> BackendResult<()> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_status(&e, 404) => Err(BackendError::Unavailable(format!(
+                "the image {image} is not on this host; build it with `cargo run -p deskpod-images -- build`"
+            ))),
+            Err(e) => Err(docker_failed("looking up the desktop image", e)),
+        }
+    }
+
+    async fn start(self: &Arc<Self>, team: &str, name: &str) -> BackendResult<()> {
+        let row = self.db.workspace(team, name).await.map_err(store_failed)?.ok_or_else(|| not_found(team, name))?;
+        if row.deleting {
+            return Err(not_found(team, name));
+        }
+        let (team_object, desired) = self.resolve(&row).await?;
+        let footprint = Footprint::of(&desired).map_err(BackendError::Invalid)?;
+        {
+            let _decision = self.admission.lock().await;
+            let current = self.db.workspace(team, name).await.map_err(store_failed)?;
+            if current.as_ref().is_some_and(|r| r.running) {
+                return Ok(());
+            }
+            quota::admit(&team_object, self.usage(team).await?, Ask::Start(footprint))
+                .map_err(BackendError::Invalid)?;
+            if !self.db.set_running(team, name, true, Timestamp::now()).await.map_err(store_failed)? {
+                return Err(not_found(team, name));
+            }
+        }
+        if let Err(error) = self.start_container(&row, &desired, footprint).await {
+            self.db.set_failure(team, name, Some(error.to_string())).await.map_err(store_failed)?;
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    async fn stop(&self, team: &str, name: &str) -> BackendResult<()> {
+        if !self.db.set_running(team, name, false, Timestamp::now()).await.map_err(store_failed)? {
+            return Err(not_found(team, name));
+        }
+        self.remove_container(team, name).await
+    }
+
+    async fn delete(&self, team: &str, name: &str) -> BackendResult<()> {
+        if !self.db.set_deleting(team, name).await.map_err(store_failed)? {
+            return Err(not_found(team, name));
+        }
+        self.finish_deletion(team, name).await
+    }
+
+    async fn finish_deletion(&self, team: &str, name: &str) -> BackendResult<()> {
+        self.remove_container(team, name).await?;
+        self.remove_volume(team, name).await?;
+        self.db.remove_workspace(team, name).await.map_err(store_failed)
+    }
+
+    /// Creates (if missing) and starts the desktop container, its volume and its team network,
+    /// then watches for its desktop to answer. Idempotent: the names are fixed.
+    async fn start_container(
+        self: &Arc<Self>,
+        row: &WorkspaceRow,
+        desired: &DesiredWorkspace,
+        footprint: Footprint,
+    ) -> BackendResult<()> {
+        let name = container::container_name(&row.team, &row.name);
+        self.ensure_network(&row.team).await?;
+        self.docker
+            .create_volume(container::volume(&row.team, &row.name))
+            .await
+            .map_err(|e| docker_failed("creating the home volume", e))?;
+        let body = container::desktop(desired, &row.vnc_password, footprint).map_err(BackendError::Invalid)?;
+        let options = CreateContainerOptions { name: Some(name.clone()), ..CreateContainerOptions::default() };
+        match self.docker.create_container(Some(options), body).await {
+            Ok(_) => {}
+            Err(e) if is_status(&e, 409) => {}
+            Err(e) => return Err(docker_failed("creating the desktop container", e)),
+        }
+        match self.docker.start_container(&name, None).await {
+            Ok(()) => {}
+            Err(e) if is_status(&e, 304) => {}
+            Err(e) => return Err(docker_failed("starting the desktop container", e)),
+        }
+        let inspected =
+            self.docker.inspect_container(&name, None).await.map_err(|e| docker_failed("inspecting a desktop", e))?;
+        let ip = inspected
+            .network_settings
+            .and_then(|n| n.networks)
+            .and_then(|mut n| n.remove(&container::network_name(&row.team)))
+            .and_then(|e| e.ip_address)
+            .and_then(|ip| ip.parse().ok());
+        if let (Some(id), Some(ip)) = (inspected.id, ip) {
+            self.watch_readiness(id, ip);
+        }
+        Ok(())
+    }
+
+    /// Creates the team's network unless it exists. Docker accepts two networks of the same name
+    /// (and then cannot tell them apart), so this looks first, one caller at a time.
+    async fn ensure_network(&self, team: &str) -> BackendResult<()> {
+        let _one_at_a_time = self.networks.lock().await;
+        match self.docker.inspect_network(&container::network_name(team), None).await {
+            Ok(_) => return Ok(()),
+            Err(e) if is_status(&e, 404) => {}
+            Err(e) => return Err(docker_failed("looking up the team network", e)),
+        }
+        self.docker
+            .create_network(container::network(team))
+            .await
+            .map_err(|e| docker_failed("creating the team network", e))?;
+        Ok(())
+    }
+
+    async fn remove_container(&self, team: &str, name: &str) -> BackendResult<()> {
+        let name = container::container_name(team, name);
+        let stop = StopContainerOptions { t: Some(STOP_GRACE_SECONDS), ..StopContainerOptions::default() };
+        match self.docker.stop_container(&name, Some(stop)).await {
+            Ok(()) => {}
+            Err(e) if is_status(&e, 304) || is_status(&e, 404) => {}
+            Err(e) => return Err(docker_failed("stopping a desktop", e)),
+        }
+        let options = RemoveContainerOptions { force: true, ..RemoveContainerOptions::default() };
+        match self.docker.remove_container(&name, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_status(&e, 404) => Ok(()),
+            // Already being removed by another request.
+            Err(e) if is_status(&e, 409) => Ok(()),
+            Err(e) => Err(docker_failed("removing a desktop", e)),
+        }
+    }
+
+    async fn remove_volume(&self, team: &str, name: &str) -> BackendResult<()> {
+        match self.docker.remove_volume(&container::volume_name(team, name), None::<RemoveVolumeOptions>).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_status(&e, 404) => Ok(()),
+            Err(e) => Err(docker_failed("removing a home volume", e)),
+        }
+    }
+
+    async fn endpoint(self: &Arc<Self>, team: &str, name: &str) -> BackendResult<Option<DesktopEndpoint>> {
+        let Some(row) = self.db.workspace(team, name).await.map_err(store_failed)? else {
+            return Err(not_found(team, name));
+        };
+        if !row.running || row.deleting {
+            return Ok(None);
+        }
+        let containers = self.containers(Some(team)).await?;
+        let Some(container) = containers.get(&(team.to_owned(), name.to_owned())) else { return Ok(None) };
+        if !self.check_ready(&row, container) {
+            return Ok(None);
+        }
+        let (_, desired) = self.resolve(&row).await?;
+        let (Some(ip), Ok(port)) = (container.ip, u16::try_from(desired.port)) else { return Ok(None) };
+        let protocol = match desired.protocol {
+            DesktopProtocol::Novnc => Protocol::Novnc,
+            DesktopProtocol::Kasm => Protocol::Kasm,
+        };
+        Ok(Some(DesktopEndpoint {
+            protocol,
+            address: SocketAddr::new(ip, port),
+            password: Some(row.vnc_password.clone()),
+        }))
+    }
+
+    async fn reconcile_forever(self: Arc<Self>) {
+        loop {
+            self.reconcile().await;
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(RESYNC) => {}
+            }
+        }
+    }
+
+    /// One comparison of rows and containers; see the module docs. Failures are logged and
+    /// retried on the next pass.
+    async fn reconcile(self: &Arc<Self>) {
+        let rows = match self.db.workspaces(Filter::default()).await {
+            Ok(rows) => rows,
+            Err(error) => return tracing::warn!(%error, "reconciler: reading workspaces failed"),
+        };
+        let containers = match self.containers(None).await {
+            Ok(containers) => containers,
+            Err(error) => return tracing::warn!(%error, "reconciler: listing containers failed"),
+        };
+        let known: HashSet<(String, String)> = rows.iter().map(|r| (r.team.clone(), r.name.clone())).collect();
+        for row in &rows {
+            let key = (row.team.clone(), row.name.clone());
+            let container = containers.get(&key);
+            let outcome = if row.deleting {
+                self.finish_deletion(&row.team, &row.name).await
+            } else if !row.running {
+                match container {
+                    Some(_) => self.remove_container(&row.team, &row.name).await,
+                    None => Ok(()),
+                }
+            } else if row.failure.is_some() {
+                Ok(())
+            } else if let Some(idle) = self.idle_for(row).await {
+                tracing::info!(team = %row.team, workspace = %row.name, "stopping a desktop idle for {idle}");
+                self.stop(&row.team, &row.name).await
+            } else if container.is_none() {
+                match self.resolve(row).await {
+                    Ok((_, desired)) => match Footprint::of(&desired) {
+                        Ok(footprint) => self.start_container(row, &desired, footprint).await,
+                        Err(e) => Err(BackendError::Invalid(e)),
+                    },
+                    Err(e) => Err(e),
+                }
+            } else {
+                Ok(())
+            };
+            if let Err(error) = outcome {
+                tracing::warn!(team = %row.team, workspace = %row.name, %error, "reconciler: could not converge");
+            }
+        }
+        for (team, name) in containers.keys().filter(|key| !known.contains(*key)) {
+            tracing::info!(%team, workspace = %name, "removing a desktop container no workspace wants");
+            if let Err(error) = self.remove_container(team, name).await {
+                tracing::warn!(%team, workspace = %name, %error, "reconciler: could not remove a container");
+            }
+        }
+        // Forget readiness of containers that are gone.
+        let live: HashSet<&str> = containers.values().map(|c| c.id.as_str()).collect();
+        self.ready.lock().unwrap_or_else(PoisonError::into_inner).retain(|id, _| live.contains(id.as_str()));
+    }
+
+    /// How long a running desktop has been idle, when that is past its template's idle timeout.
+    async fn idle_for(&self, row: &WorkspaceRow) -> Option<String> {
+        let (_, desired) = self.resolve(row).await.ok()?;
+        let timeout = desired.idle_timeout?;
+        let since = row.last_input.or(row.started_at).unwrap_or(row.created_at);
+        let idle = Timestamp::now().duration_since(since);
+        let idle = Duration::try_from(idle).ok()?;
+        (idle > timeout).then(|| deskpod_controller::workspace::idle::describe(timeout))
+    }
+}
+
+/// A listed container of a workspace: its (team, workspace) and what it is doing.
+fn observed(summary: ContainerSummary) -> Option<((String, String), Observed)> {
+    let labels = summary.labels.unwrap_or_default();
+    let team = labels.get(container::TEAM_LABEL)?.clone();
+    let workspace = labels.get(container::WORKSPACE_LABEL)?.clone();
+    let ip = summary
+        .network_settings
+        .and_then(|n| n.networks)
+        .and_then(|mut n| n.remove(&container::network_name(&team)))
+        .and_then(|e| e.ip_address)
+        .and_then(|ip| ip.parse().ok());
+    let observed = Observed {
+        id: summary.id?,
+        state: summary.state.unwrap_or(ContainerSummaryStateEnum::EMPTY),
+        status: summary.status.unwrap_or_default(),
+        ip,
+    };
+    Some(((team, workspace), observed))
+}
+
+impl MembershipSource for DockerBackend {
+    fn memberships<'a>(&'a self, user: &'a str) -> BoxFuture<'a, crate::Result<Vec<Membership>>> {
+        Box::pin(async move {
+            let teams = self.inner.db.teams().await?;
+            Ok(memberships_in(teams.iter(), user))
+        })
+    }
+}
+
+impl Backend for DockerBackend {
+    fn templates(&self) -> BoxFuture<'_, BackendResult<Vec<TemplateView>>> {
+        Box::pin(async move {
+            let templates = self.inner.db.templates().await.map_err(store_failed)?;
+            let mut views: Vec<TemplateView> = templates.iter().map(template_view).collect();
+            views.sort_by(|a, b| a.display_name.cmp(&b.display_name).then_with(|| a.name.cmp(&b.name)));
+            Ok(views)
+        })
+    }
+
+    fn team<'a>(&'a self, team: &'a str) -> BoxFuture<'a, BackendResult<Option<TeamView>>> {
+        Box::pin(async move {
+            let Some(mut object) = self.inner.db.team(team).await.map_err(store_failed)? else { return Ok(None) };
+            let usage = self.inner.usage(team).await?;
+            object.status = Some(quota::status(&object, usage));
+            Ok(Some(team_view(&object)))
+        })
+    }
+
+    fn workspaces<'a>(
+        &'a self,
+        team: &'a str,
+        owner: Option<&'a str>,
+    ) -> BoxFuture<'a, BackendResult<Vec<WorkspaceView>>> {
+        Box::pin(async move {
+            let rows = self.inner.db.workspaces(Filter { team: Some(team), owner }).await.map_err(store_failed)?;
+            self.inner.views(&rows, Some(team)).await
+        })
+    }
+
+    fn workspace<'a>(&'a self, team: &'a str, name: &'a str) -> BoxFuture<'a, BackendResult<Option<WorkspaceView>>> {
+        Box::pin(async move {
+            let Some(row) = self.inner.db.workspace(team, name).await.map_err(store_failed)? else { return Ok(None) };
+            Ok(self.inner.views(std::slice::from_ref(&row), Some(team)).await?.pop())
+        })
+    }
+
+    fn create_workspace(&self, new: NewWorkspace) -> BoxFuture<'_, BackendResult<WorkspaceView>> {
+        Box::pin(self.inner.create(new))
+    }
+
+    fn set_running<'a>(&'a self, team: &'a str, name: &'a str, running: bool) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(
+            async move { if running { self.inner.start(team, name).await } else { self.inner.stop(team, name).await } },
+        )
+    }
+
+    fn delete_workspace<'a>(&'a self, team: &'a str, name: &'a str) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(async move {
+            let deleted = self.inner.delete(team, name).await;
+            if deleted.is_err() {
+                // The reconciler finishes what could not be done now.
+                self.inner.wake.notify_one();
+            }
+            deleted
+        })
+    }
+
+    fn desktop<'a>(&'a self, team: &'a str, name: &'a str) -> BoxFuture<'a, BackendResult<Option<DesktopEndpoint>>> {
+        Box::pin(self.inner.endpoint(team, name))
+    }
+
+    fn record_input<'a>(&'a self, team: &'a str, name: &'a str, at: Timestamp) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(async move {
+            match self.inner.db.record_input(team, name, at).await.map_err(store_failed)? {
+                true => Ok(()),
+                false => Err(not_found(team, name)),
+            }
+        })
+    }
+
+    fn add_member<'a>(&'a self, team: &'a str, member: TeamMember) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(async move {
+            // Team changes are read-modify-write on one row: one at a time.
+            let _change = self.inner.admission.lock().await;
+            let mut object = self.inner.db.team(team).await.map_err(store_failed)?.ok_or_else(|| {
+                BackendError::NotFound(format!("team {team} does not exist; ask an admin to create it"))
+            })?;
+            if let Some(members) = members_with(&object.spec.members, &member) {
+                object.spec.members = members;
+                self.inner.db.put_team(&object).await.map_err(store_failed)?;
+            }
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(running: bool) -> WorkspaceRow {
+        WorkspaceRow {
+            team: "a".into(),
+            name: "dev".into(),
+            owner: "ada@example.com".into(),
+            template: "python".into(),
+            running,
+            vnc_password: "s3cr3t-pw".into(),
+            created_at: Timestamp::UNIX_EPOCH,
+            started_at: Some(Timestamp::UNIX_EPOCH),
+            last_input: None,
+            deleting: false,
+            failure: None,
+        }
+    }
+
+    fn container(state: ContainerSummaryStateEnum) -> Observed {
+        Observed { id: "c1".into(), state, status: "Exited (1) 2 seconds ago".into(), ip: None }
+    }
+
+    #[test]
+    fn phases_follow_the_wish_the_container_and_the_banner() {
+        use ContainerSummaryStateEnum as State;
+        let running = container(State::RUNNING);
+        assert_eq!(phase_of(&row(true), None, false).0, Phase::Pending);
+        assert_eq!(phase_of(&row(true), Some(&running), false).0, Phase::Starting);
+        assert_eq!(phase_of(&row(true), Some(&running), true), (Phase::Running, None));
+        assert_eq!(phase_of(&row(false), Some(&running), true).0, Phase::Stopping);
+        assert_eq!(phase_of(&row(false), None, false), (Phase::Stopped, None));
+        let (phase, message) = phase_of(&row(true), Some(&container(State::EXITED)), false);
+        assert_eq!(phase, Phase::Starting);
+        assert!(message.unwrap().contains("Exited (1)"));
+        let mut failed = row(true);
+        failed.failure = Some("no image".into());
+        assert_eq!(phase_of(&failed, Some(&running), true), (Phase::Failed, Some("no image".into())));
+        let mut deleting = row(false);
+        deleting.deleting = true;
+        assert_eq!(phase_of(&deleting, None, false).0, Phase::Stopping);
+    }
+
+    #[test]
+    fn a_row_never_shows_its_password() {
+        assert!(!format!("{:?}", row(true)).contains("s3cr3t"));
+    }
+}
