@@ -290,6 +290,7 @@ async fn desktop_view(
             let websocket_path = format!("/workspaces/{team}/{name}/websockify");
             let mut response = Page(DesktopView { team, name, websocket_path }).into_response();
             response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response.headers_mut().insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static(NOVNC_CSP));
             response
         }
         Ok(Protocol::Kasm) => {
@@ -427,6 +428,12 @@ const DROPPED_RESPONSE_HEADERS: [&str; 11] = [
     "set-cookie",
     "strict-transport-security",
 ];
+
+/// The noVNC desktop view: the portal's default policy, plus images from `data:` and `blob:`
+/// URLs, which noVNC decodes JPEG rectangles of the Tight encoding through (without them the
+/// desktop stays black wherever the server sends JPEG).
+const NOVNC_CSP: &str =
+    "default-src 'self'; img-src 'self' data: blob:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'";
 
 /// KasmVNC's web client served under the workspace path (CSP: scripts only from the portal's
 /// origin, inline styles and image data allowed because KasmVNC's client uses them).

@@ -43,11 +43,14 @@ export async function signIn(page, portalUrl, email, password) {
 }
 
 // On a desktop view: waits until noVNC is connected and has drawn at least two colours, then
-// saves a screenshot. Returns { width, height, distinctColours, mean } of the canvas.
-export async function waitForDesktop(page, screenshot) {
+// saves a screenshot. With `panel`, also waits until the top of the desktop is a panel: a band of
+// rows near the top that are one light colour across most of the width, over a desktop that is
+// not (XFCE's top panel over its wallpaper). Returns { width, height, distinctColours, mean,
+// panelRows } of the canvas; panelRows counts the top rows that look like a panel.
+export async function waitForDesktop(page, screenshot, { panel = false } = {}) {
   await page.waitForSelector('body[data-state=connected]', { timeout: 20_000 });
   await page.waitForSelector('#screen canvas', { timeout: 5_000 });
-  const stats = await page.waitForFunction(() => {
+  const stats = await page.waitForFunction((wantPanel) => {
     const canvas = document.querySelector('#screen canvas');
     if (!canvas || canvas.width === 0) return null;
     const { data } = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height);
@@ -58,9 +61,22 @@ export async function waitForDesktop(page, screenshot) {
       sum += data[i] + data[i + 1] + data[i + 2];
     }
     const mean = sum / (3 * data.length / (4 * 7));
+    // A row is panel-like when at least 60% of it is light (each channel above 190).
+    const lightShare = (y) => {
+      let light = 0;
+      for (let x = 0; x < canvas.width; x += 4) {
+        const i = 4 * (y * canvas.width + x);
+        if (data[i] > 190 && data[i + 1] > 190 && data[i + 2] > 190) light += 1;
+      }
+      return light / Math.ceil(canvas.width / 4);
+    };
+    let panelRows = 0;
+    while (panelRows < 60 && panelRows < canvas.height && lightShare(panelRows) >= 0.6) panelRows += 1;
+    const middleIsDesktop = lightShare(Math.floor(canvas.height / 2)) < 0.6;
     if (colours.size < 2 || mean < 1) return null;
-    return { width: canvas.width, height: canvas.height, distinctColours: colours.size, mean };
-  }, null, { timeout: 15_000, polling: 200 });
+    if (wantPanel && !(panelRows >= 16 && middleIsDesktop)) return null;
+    return { width: canvas.width, height: canvas.height, distinctColours: colours.size, mean, panelRows };
+  }, panel, { timeout: 15_000, polling: 200 });
   await page.screenshot({ path: screenshot });
   return stats.jsonValue();
 }

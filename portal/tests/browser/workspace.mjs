@@ -3,7 +3,8 @@
 // and wait until noVNC is connected through the portal's proxy; then screenshot the page and
 // measure the canvas. Driven by portal/tests/browser_cluster.rs.
 //
-// Environment: PORTAL_URL, EMAIL, PASSWORD, TEAM, TEMPLATE, NAME, SCREENSHOT.
+// Environment: PORTAL_URL, EMAIL, PASSWORD, TEAM, TEMPLATE, NAME, SCREENSHOT; EXPECT_PANEL=1 waits
+// for a desktop panel (XFCE's) to be drawn, not just any picture.
 // stdin: the test writes the line `endpoint-registered` once the workspace's desktop endpoint
 // (a real Xvnc behind websockify) is annotated on the Workspace; the desktop view is opened only
 // after that line AND the Running phase, whichever comes last.
@@ -70,7 +71,7 @@ try {
   step('desktop endpoint registered');
 
   await Promise.all([page.waitForURL(`${PORTAL_URL}/workspaces/${TEAM}/${NAME}/desktop`), open.click()]);
-  const stats = await waitForDesktop(page, SCREENSHOT);
+  const stats = await waitForDesktop(page, SCREENSHOT, { panel: process.env.EXPECT_PANEL === '1' });
   step('noVNC connected, desktop drawn');
   const result = { connected: true, phases, ...stats, screenshot: SCREENSHOT, problems };
   console.log(JSON.stringify(result));

@@ -1,0 +1,180 @@
+//! The whole way to a real desktop container in a real browser, in single-host mode: Debian's
+//! Chromium, driven by playwright-core (`tests/browser/workspace.mjs`), signs in to a portal on
+//! the Docker backend, creates a Python workspace through the form, watches "My workspaces" until
+//! it shows Running, opens the desktop view, and noVNC connects through the portal's proxy to the
+//! desktop in the container (`deskpod/desktop-python:latest`). The canvas must show the XFCE
+//! desktop: its panel runs in the container and the top rows of the canvas are the panel's band,
+//! unlike the desktop below. The screenshot is kept at `target/browser-single-host/desktop.png`.
+//!
+//! Needs the desktop image (`deskpod-images build`) and `portal/tests/setup-desktop-tools`.
+
+mod common;
+mod desktop_common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deskpod_controller::api::{
+    DesktopProtocol, TeamMember, TeamQuota, TeamRole, TeamSpec, TemplateResources, WorkspaceTemplateSpec,
+};
+use deskpod_portal::backend::Backend;
+use deskpod_portal::backend::docker::DockerBackend;
+use deskpod_portal::backend::docker::container::{container_name, network_name};
+use deskpod_portal::store::{GlobalRole, SqliteStore};
+use desktop_common::require_tools;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+
+const BROWSER_WITHIN: Duration = Duration::from_secs(180);
+const EMAIL: &str = "ada@example.com";
+const WORKSPACE: &str = "dev";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_creates_a_python_desktop_and_sees_the_xfce_panel_in_the_browser() {
+    let browser_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let playwright = browser_dir.join("node_modules/playwright-core");
+    require_tools(&["/usr/bin/chromium", "/usr/bin/node", playwright.to_str().unwrap()]);
+
+    let team = format!("browser{}", std::process::id());
+    let _cleanup = Cleanup(team.clone());
+    let served = Served::start(&team).await;
+    served.portal.add_user(EMAIL, GlobalRole::User).await;
+
+    let out_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/browser-single-host");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let screenshot = out_dir.join("desktop.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let started = Instant::now();
+    let mut node = tokio::process::Command::new("/usr/bin/node")
+        .arg(browser_dir.join("workspace.mjs"))
+        .current_dir(&browser_dir)
+        .env("PORTAL_URL", format!("http://{}", served.addr))
+        .env("EMAIL", EMAIL)
+        .env("PASSWORD", common::PASSWORD)
+        .env("TEAM", &team)
+        .env("TEMPLATE", "python")
+        .env("NAME", WORKSPACE)
+        .env("SCREENSHOT", &screenshot)
+        .env("EXPECT_PANEL", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting node");
+    // The desktop is the workspace's own container: there is no endpoint to register by hand.
+    let mut to_browser = node.stdin.take().unwrap();
+    to_browser.write_all(b"endpoint-registered\n").await.unwrap();
+    drop(to_browser);
+    let output = tokio::time::timeout(BROWSER_WITHIN, node.wait_with_output())
+        .await
+        .expect("the browser test took too long")
+        .unwrap();
+    let result = desktop_common::browser_result(&output);
+    assert_eq!(result["phases"].as_array().and_then(|p| p.last()), Some(&json!("Running")), "{result}");
+    assert!(result["problems"].as_array().unwrap().is_empty(), "browser errors: {result}");
+    assert!(screenshot.exists(), "no screenshot at {}", screenshot.display());
+    // XFCE draws wallpaper, icons, panel text: far more than the one or two colours of an
+    // empty X screen or an error page.
+    assert!(result["distinctColours"].as_u64().unwrap() >= 16, "the canvas is not a desktop: {result}");
+    assert!(result["panelRows"].as_u64().unwrap() >= 16, "no panel across the top of the desktop: {result}");
+    let panel = Command::new("docker")
+        .args(["exec", &container_name(&team, WORKSPACE), "pgrep", "-u", "1000", "-x", "xfce4-panel"])
+        .output()
+        .unwrap();
+    assert!(panel.status.success(), "no xfce4-panel runs in the desktop container");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let steps: Vec<&str> = stdout.lines().filter(|l| l.starts_with("step ")).collect();
+    println!(
+        "single-host browser run: desktop shown {:.1}s after the browser started; {}\n{}",
+        started.elapsed().as_secs_f64(),
+        screenshot.display(),
+        steps.join("\n")
+    );
+    // What the user saw is what the backend reports.
+    let view = served.backend.workspace(&team, WORKSPACE).await.unwrap().unwrap();
+    assert_eq!(view.owner, EMAIL);
+}
+
+/// A portal on the Docker backend, served on a real socket, with a team whose member is `EMAIL`
+/// and a `python` template.
+struct Served {
+    portal: common::Portal,
+    backend: Arc<DockerBackend>,
+    addr: SocketAddr,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Served {
+    async fn start(team: &str) -> Self {
+        let backend = Arc::new(DockerBackend::connect(SqliteStore::open_in_memory().unwrap()).await.unwrap());
+        let template = WorkspaceTemplateSpec {
+            display_name: "Python".into(),
+            description: None,
+            image: "deskpod/desktop-python:latest".into(),
+            image_pull_policy: None,
+            protocol: DesktopProtocol::Novnc,
+            port: 6901,
+            home_path: None,
+            resources: TemplateResources {
+                cpu_request: None,
+                cpu_limit: Some(Quantity("1".into())),
+                memory_request: None,
+                memory_limit: Some(Quantity("1Gi".into())),
+            },
+            home_size: None,
+            shm_size: Some(Quantity("256Mi".into())),
+            gpus: 0,
+            env: vec![],
+            idle_timeout: None,
+        };
+        backend.put_template("python", template).await.unwrap();
+        let spec = TeamSpec {
+            quota: TeamQuota { memory: Some(Quantity("2Gi".into())), ..TeamQuota::default() },
+            members: vec![TeamMember { user: EMAIL.into(), role: TeamRole::Engineer, expires_at: None }],
+            ..TeamSpec::default()
+        };
+        backend.put_team(team, spec).await.unwrap();
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut portal = common::Portal::with_url(&format!("http://{addr}")).await;
+        portal.state = portal.state.clone().with_backend(backend.clone());
+        let app = deskpod_portal::app(portal.state.clone())
+            .layer(axum::Extension(deskpod_portal::http::desktop::NovncDir("/usr/share/novnc".into())));
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await.unwrap();
+        });
+        Self { portal, backend, addr, server }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// Removes the team's containers, volumes and network, also when the test fails.
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let docker = |args: &[&str]| {
+            let output = Command::new("docker").args(args).output().expect("the docker CLI");
+            String::from_utf8_lossy(&output.stdout).into_owned()
+        };
+        let label = format!("label=deskpod.io/team={}", self.0);
+        for id in docker(&["ps", "-aq", "--filter", &label]).split_whitespace() {
+            docker(&["rm", "-f", id]);
+        }
+        for volume in docker(&["volume", "ls", "-q", "--filter", &label]).split_whitespace() {
+            docker(&["volume", "rm", "-f", volume]);
+        }
+        docker(&["network", "rm", &network_name(&self.0)]);
+    }
+}
