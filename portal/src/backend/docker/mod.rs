@@ -62,6 +62,8 @@ const RESYNC: Duration = Duration::from_secs(5);
 /// How long a desktop may take from start to its first RFB banner before the watch gives up
 /// (a later look at the workspace starts a new watch).
 const READY_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long a removal someone else started may take before this one gives up.
+const REMOVAL_WAIT: Duration = Duration::from_secs(30);
 /// How long a stopping desktop gets to exit before it is killed.
 const STOP_GRACE_SECONDS: i32 = 3;
 
@@ -368,10 +370,10 @@ impl Inner {
         let inner = Arc::clone(self);
         tokio::spawn(async move {
             let url = deskpod_images::probe::websocket_url(&ip.to_string());
-            let answered = deskpod_images::probe::wait_for_rfb_banner(&url, READY_TIMEOUT).await;
+            let answered = answers_within(&url, READY_TIMEOUT).await;
             let mut ready = inner.ready.lock().unwrap_or_else(PoisonError::into_inner);
             match answered {
-                Ok(_) => {
+                Ok(()) => {
                     ready.insert(id, Readiness::Ready);
                 }
                 Err(error) => {
@@ -579,17 +581,39 @@ impl Inner {
         match self.docker.remove_container(&name, Some(options)).await {
             Ok(()) => Ok(()),
             Err(e) if is_status(&e, 404) => Ok(()),
-            // Already being removed by another request.
-            Err(e) if is_status(&e, 409) => Ok(()),
+            // Another request (or the reconciler) is removing it: wait until it is gone, so that
+            // what comes next (removing the volume, starting anew) does not find it in the way.
+            Err(e) if is_status(&e, 409) => {
+                let deadline = tokio::time::Instant::now() + REMOVAL_WAIT;
+                loop {
+                    match self.docker.inspect_container(&name, None).await {
+                        Err(e) if is_status(&e, 404) => return Ok(()),
+                        _ if tokio::time::Instant::now() >= deadline => {
+                            return Err(BackendError::Unavailable(format!(
+                                "the desktop {name} is still being removed after {REMOVAL_WAIT:?}"
+                            )));
+                        }
+                        _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
+                }
+            }
             Err(e) => Err(docker_failed("removing a desktop", e)),
         }
     }
 
     async fn remove_volume(&self, team: &str, name: &str) -> BackendResult<()> {
-        match self.docker.remove_volume(&container::volume_name(team, name), None::<RemoveVolumeOptions>).await {
-            Ok(()) => Ok(()),
-            Err(e) if is_status(&e, 404) => Ok(()),
-            Err(e) => Err(docker_failed("removing a home volume", e)),
+        let volume = container::volume_name(team, name);
+        let deadline = tokio::time::Instant::now() + REMOVAL_WAIT;
+        loop {
+            match self.docker.remove_volume(&volume, None::<RemoveVolumeOptions>).await {
+                Ok(()) => return Ok(()),
+                Err(e) if is_status(&e, 404) => return Ok(()),
+                // Still in use by a container that another request is removing.
+                Err(e) if is_status(&e, 409) && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(docker_failed("removing a home volume", e)),
+            }
         }
     }
 
@@ -690,6 +714,25 @@ impl Inner {
         let idle = Duration::try_from(idle).ok()?;
         (idle > timeout).then(|| deskpod_controller::workspace::idle::describe(timeout))
     }
+}
+
+/// Waits until the desktop at `url` sends its RFB banner. Attempts are cheap while nothing
+/// listens (the connection is refused at once), so they follow each other closely: the user
+/// waits for this.
+async fn answers_within(url: &str, timeout: Duration) -> Result<(), String> {
+    const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+    const BETWEEN_ATTEMPTS: Duration = Duration::from_millis(5);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last_error = String::from("no attempt");
+    while tokio::time::Instant::now() < deadline {
+        match tokio::time::timeout(ATTEMPT_TIMEOUT, deskpod_images::probe::read_rfb_banner(url)).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(error)) => last_error = error,
+            Err(_) => last_error = format!("no banner within {ATTEMPT_TIMEOUT:?}"),
+        }
+        tokio::time::sleep(BETWEEN_ATTEMPTS).await;
+    }
+    Err(format!("no RFB banner within {timeout:?}: {last_error}"))
 }
 
 /// A listed container of a workspace: its (team, workspace) and what it is doing.
