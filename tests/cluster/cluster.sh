@@ -48,3 +48,19 @@ leftover_pids() {
         fi
     done
 }
+
+# processes_naming DIR: prints the pids of live processes whose command line names DIR (the real
+# node's kubelet, containerd and containerd shims, which pids.json may not list yet).
+processes_naming() {
+    local p
+    for p in /proc/[0-9]*; do
+        if { tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null | grep -qF "$1/"; then
+            echo "${p#/proc/}"
+        fi
+    done
+}
+
+# mounts_under DIR: prints the mount points at or below DIR (a real node's containers and volumes).
+mounts_under() {
+    awk -v d="$1" '$5 == d || index($5, d "/") == 1 { print $5 }' /proc/self/mountinfo
+}

@@ -31,9 +31,11 @@ const usage = `testcluster: real Kubernetes test clusters for Deskpod (etcd, kub
 kube-controller-manager, kube-scheduler built from source; kwok for nodes).
 
 Usage:
-  testcluster build      [--components DIR]
+  testcluster build      [--components DIR] [--real-node]
   testcluster up         [--dir DIR] [--nodes N] [--node-cpu Q] [--node-memory Q] [--node-pods N]
                          [--bin-dir DIR] [--components DIR] [--timeout D] [--keep] [--no-stdin]
+                         [--real-node [--import-image IMAGE ...]]
+  testcluster import-image --dir DIR IMAGE...
   testcluster down       --dir DIR
   testcluster cleanup    [--root DIR]
   testcluster kubeconfig --dir DIR --user NAME [--group G ...] --out FILE
@@ -62,6 +64,8 @@ func main() {
 		code = cmdCleanup(args)
 	case "kubeconfig":
 		code = cmdKubeconfig(args)
+	case "import-image":
+		code = cmdImportImage(args)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(os.Stdout, usage)
 	default:
@@ -118,8 +122,11 @@ kwok from the pinned build modules into the cache
 where <key> = k8s-<v>_etcd-<v>_kwok-<v>_<sha256 of the build recipe and the
 components' go.mod/go.sum, 12 hex digits>. Does nothing if that entry is
 complete. Progress goes to stderr; the bin directory is printed on stdout.
-The first build takes many minutes (Go module downloads via the Go proxy).`)
+The first build takes many minutes (Go module downloads via the Go proxy).
+With --real-node it also builds the real node's kubelet and pod sandbox program
+into their own entry, node-k8s-<v>_<hash>, and prints its bin directory too.`)
 	comp := componentsFlag(fs)
+	realNode := fs.Bool("real-node", false, "also build the real node's binaries (kubelet, pause)")
 	if ok, code := parse(fs, args); !ok {
 		return code
 	}
@@ -134,6 +141,14 @@ The first build takes many minutes (Go module downloads via the Go proxy).`)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "testcluster build: %v\n", err)
 		return 1
+	}
+	if *realNode {
+		nodeBin, err := build.EnsureNode(ctx, dir, os.Stderr)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "testcluster build: %v\n", err)
+			return 1
+		}
+		fmt.Println(nodeBin)
 	}
 	fmt.Println(bin)
 	return 0
@@ -153,7 +168,16 @@ and stays in the foreground until SIGINT/SIGTERM/SIGHUP or EOF on stdin
 (unless --no-stdin). It then stops every process (SIGTERM to kwok, scheduler
 and controller-manager, then kube-apiserver, then etcd; SIGKILL to whatever is
 left after 10 s) and removes DIR unless --keep. Progress and errors go to stderr; component logs
-are in DIR/logs. Exit status: 0 after a requested shutdown, 1 on failure.`)
+are in DIR/logs. Exit status: 0 after a requested shutdown, 1 on failure.
+
+With --real-node, a real node joins as well: kubelet (built from the same
+Kubernetes module), Debian's containerd with its config, socket, root and state
+under DIR/node, and Debian's CNI plugins on a bridge deskpodtc<i> with pods in
+10.200.<i>.0/24 (reachable from the host). The node is
+"`+cluster.RealNodeName+`", labelled `+cluster.RealNodeLabel+`=`+cluster.RealNodeLabelValue+` and tainted
+`+cluster.RealNodeTaint+`=true:NoSchedule. Needs root and the Debian packages containerd and
+containernetworking-plugins. --import-image copies local Docker images into
+its containerd before the ready line is printed.`)
 	o := cluster.UpOptions{}
 	fs.StringVar(&o.Dir, "dir", "", "cluster directory (created; must be empty); default: a new directory under "+cluster.DefaultRoot())
 	fs.IntVar(&o.Nodes, "nodes", 2, "number of kwok nodes")
@@ -166,8 +190,16 @@ are in DIR/logs. Exit status: 0 after a requested shutdown, 1 on failure.`)
 	fs.BoolVar(&o.Keep, "keep", false, "keep DIR (logs, pki, kubeconfig, etcd data) after shutdown")
 	fs.StringVar(&o.AuditLog, "audit-log", "", "write kube-apiserver's audit log (one JSON line per request, Metadata level) to this file")
 	fs.BoolVar(&o.NoStdin, "no-stdin", false, "do not shut down on EOF on stdin (for interactive use; stop with Ctrl-C)")
+	fs.BoolVar(&o.RealNode, "real-node", false, "also run a real node: kubelet, containerd and CNI (needs root)")
+	var images stringList
+	fs.Var(&images, "import-image", "with --real-node: a local Docker image to import into the node's containerd (repeatable)")
 	if ok, code := parse(fs, args); !ok {
 		return code
+	}
+	o.ImportImages = images
+	if len(images) > 0 && !o.RealNode {
+		fmt.Fprintln(os.Stderr, "testcluster up: --import-image needs --real-node")
+		return 2
 	}
 	if o.Nodes < 0 {
 		fmt.Fprintln(os.Stderr, "testcluster up: --nodes must be >= 0")
@@ -251,6 +283,32 @@ system:masters do grant them).`)
 	}
 	if err := cluster.MintKubeconfig(*dir, *user, groups, *out); err != nil {
 		fmt.Fprintf(os.Stderr, "testcluster kubeconfig: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func cmdImportImage(args []string) int {
+	fs := newFlagSet("import-image", "--dir DIR IMAGE...", `
+Imports local Docker images into the containerd of a running cluster's real
+node (docker save IMAGE | ctr -n k8s.io images import -), so that pods with
+imagePullPolicy IfNotPresent (or Never) run them without pulling.`)
+	dir := fs.String("dir", "", "cluster directory of a running cluster started with --real-node (required)")
+	fs.SetOutput(os.Stderr)
+	if err := fs.Parse(args); err != nil {
+		if err == flag.ErrHelp {
+			return 0
+		}
+		return 2
+	}
+	if *dir == "" || fs.NArg() == 0 {
+		fmt.Fprintln(os.Stderr, "testcluster import-image: --dir and at least one IMAGE are required")
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := cluster.ImportImages(ctx, *dir, fs.Args(), os.Stderr); err != nil {
+		fmt.Fprintf(os.Stderr, "testcluster import-image: %v\n", err)
 		return 1
 	}
 	return 0

@@ -10,6 +10,6 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
-	// Not built yet; kept so a later real node can be built from this module.
+	// Built only for a cluster with a real node (`testcluster up --real-node`).
 	_ "k8s.io/kubernetes/cmd/kubelet"
 )

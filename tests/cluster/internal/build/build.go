@@ -56,6 +56,32 @@ var Components = []Component{
 	}},
 }
 
+// NodeComponents are built only for a cluster with a real node (`up --real-node`), into a cache
+// entry of their own (NodeKey), so clusters without one never wait for them: the kubelet from
+// the same k8s.io/kubernetes module as the control plane, and the pod sandbox program.
+var NodeComponents = []Component{
+	{Name: "kubernetes", Module: "k8s.io/kubernetes", Targets: []Target{
+		{"kubelet", "k8s.io/kubernetes/cmd/kubelet"},
+	}},
+	{Name: "pause", Module: "", Targets: []Target{
+		{"pause", "."},
+	}},
+}
+
+// NodeKeyFiles are the files, relative to componentsDir, hashed into NodeKey.
+var NodeKeyFiles = []string{"kubernetes/go.mod", "kubernetes/go.sum", "pause/go.mod", "pause/main.go"}
+
+// NodeBinaries lists the binaries of the node cache entry.
+func NodeBinaries() []string {
+	var out []string
+	for _, c := range NodeComponents {
+		for _, t := range c.Targets {
+			out = append(out, t.Binary)
+		}
+	}
+	return out
+}
+
 // Binaries lists every binary the cache holds.
 func Binaries() []string {
 	var out []string
@@ -145,19 +171,40 @@ func Key(componentsDir string) (string, Versions, error) {
 	if err != nil {
 		return "", v, err
 	}
+	sum, err := hashFiles(componentsDir, Recipe, KeyFiles())
+	if err != nil {
+		return "", v, err
+	}
+	return fmt.Sprintf("k8s-%s_etcd-%s_kwok-%s_%s", v.Kubernetes, v.Etcd, v.Kwok, sum), v, nil
+}
+
+// NodeKey returns the cache key of the node binaries (kubelet, pause):
+// node-k8s-<version>_<12 hex digits over the recipe and NodeKeyFiles>.
+func NodeKey(componentsDir string) (string, Versions, error) {
+	v, err := ReadVersions(componentsDir)
+	if err != nil {
+		return "", v, err
+	}
+	sum, err := hashFiles(componentsDir, Recipe+" node", NodeKeyFiles)
+	if err != nil {
+		return "", v, err
+	}
+	return fmt.Sprintf("node-k8s-%s_%s", v.Kubernetes, sum), v, nil
+}
+
+func hashFiles(componentsDir, recipe string, files []string) (string, error) {
 	h := sha256.New()
-	fmt.Fprintf(h, "%s\n", Recipe)
-	for _, f := range KeyFiles() {
+	fmt.Fprintf(h, "%s\n", recipe)
+	for _, f := range files {
 		data, err := os.ReadFile(filepath.Join(componentsDir, f))
 		if err != nil {
-			return "", v, err
+			return "", err
 		}
 		// Length-prefix each file so that content cannot shift between files.
 		fmt.Fprintf(h, "%s %d\n", f, len(data))
 		h.Write(data)
 	}
-	sum := hex.EncodeToString(h.Sum(nil))[:12]
-	return fmt.Sprintf("k8s-%s_etcd-%s_kwok-%s_%s", v.Kubernetes, v.Etcd, v.Kwok, sum), v, nil
+	return hex.EncodeToString(h.Sum(nil))[:12], nil
 }
 
 // CacheRoot returns ${DESKPOD_CACHE_DIR:-$HOME/.cache/deskpod}/testcluster.
@@ -200,12 +247,21 @@ func KubeLdflags(version string) ([]string, error) {
 // Commands returns the `go build` argument lists for every component, with
 // outputs in binDir.
 func Commands(v Versions, binDir string) (map[string][]string, error) {
+	return commands(Components, v, binDir)
+}
+
+// NodeCommands returns the `go build` argument lists for NodeComponents.
+func NodeCommands(v Versions, binDir string) (map[string][]string, error) {
+	return commands(NodeComponents, v, binDir)
+}
+
+func commands(components []Component, v Versions, binDir string) (map[string][]string, error) {
 	kube, err := KubeLdflags(v.Kubernetes)
 	if err != nil {
 		return nil, err
 	}
 	out := map[string][]string{}
-	for _, c := range Components {
+	for _, c := range components {
 		args := []string{"build", "-trimpath"}
 		ld := []string{"-s", "-w"}
 		switch c.Name {
@@ -260,11 +316,15 @@ func Paths(cacheRoot, key string) (entry, bin, stamp string) {
 // Complete reports whether a cache entry is complete: stamp present and all
 // binaries present.
 func Complete(cacheRoot, key string) bool {
+	return complete(cacheRoot, key, Binaries())
+}
+
+func complete(cacheRoot, key string, binaries []string) bool {
 	_, bin, stamp := Paths(cacheRoot, key)
 	if _, err := os.Stat(stamp); err != nil {
 		return false
 	}
-	for _, b := range Binaries() {
+	for _, b := range binaries {
 		if fi, err := os.Stat(filepath.Join(bin, b)); err != nil || fi.Mode()&0o111 == 0 {
 			return false
 		}
@@ -277,16 +337,36 @@ func Complete(cacheRoot, key string) bool {
 // callers serialize on a lock file; a build happens in a temporary directory
 // that is renamed into place only after the stamp is written.
 func Ensure(ctx context.Context, componentsDir string, log io.Writer) (string, error) {
-	cacheRoot, err := CacheRoot()
-	if err != nil {
-		return "", err
-	}
 	key, versions, err := Key(componentsDir)
 	if err != nil {
 		return "", err
 	}
+	return ensure(ctx, componentsDir, key, versions, Components, Commands, log)
+}
+
+// EnsureNode is Ensure for the node binaries (kubelet, pause; see NodeComponents).
+func EnsureNode(ctx context.Context, componentsDir string, log io.Writer) (string, error) {
+	key, versions, err := NodeKey(componentsDir)
+	if err != nil {
+		return "", err
+	}
+	return ensure(ctx, componentsDir, key, versions, NodeComponents, NodeCommands, log)
+}
+
+func ensure(ctx context.Context, componentsDir, key string, versions Versions, components []Component,
+	commands func(Versions, string) (map[string][]string, error), log io.Writer) (string, error) {
+	cacheRoot, err := CacheRoot()
+	if err != nil {
+		return "", err
+	}
+	var binaries []string
+	for _, c := range components {
+		for _, t := range c.Targets {
+			binaries = append(binaries, t.Binary)
+		}
+	}
 	entry, bin, _ := Paths(cacheRoot, key)
-	if Complete(cacheRoot, key) {
+	if complete(cacheRoot, key, binaries) {
 		return bin, nil
 	}
 	if err := os.MkdirAll(cacheRoot, 0o755); err != nil {
@@ -297,7 +377,7 @@ func Ensure(ctx context.Context, componentsDir string, log io.Writer) (string, e
 		return "", err
 	}
 	defer unlock()
-	if Complete(cacheRoot, key) { // built by another process meanwhile
+	if complete(cacheRoot, key, binaries) { // built by another process meanwhile
 		return bin, nil
 	}
 	// Holding the lock, no other build of this key runs: temp dirs of
@@ -321,13 +401,13 @@ func Ensure(ctx context.Context, componentsDir string, log io.Writer) (string, e
 	if err := os.Mkdir(tmpBin, 0o755); err != nil {
 		return "", err
 	}
-	cmds, err := Commands(versions, tmpBin)
+	cmds, err := commands(versions, tmpBin)
 	if err != nil {
 		return "", err
 	}
 	fmt.Fprintf(log, "testcluster: building %s into %s (this takes a while the first time)\n", key, bin)
 	start := time.Now()
-	for _, c := range Components {
+	for _, c := range components {
 		t0 := time.Now()
 		var names []string
 		for _, t := range c.Targets {
@@ -346,7 +426,7 @@ func Ensure(ctx context.Context, componentsDir string, log io.Writer) (string, e
 	st := Stamp{
 		Key: key, Versions: versions, Recipe: Recipe, GoVersion: goVersion,
 		BuiltAt: time.Now().UTC().Format(time.RFC3339), Seconds: time.Since(start).Seconds(),
-		Binaries: Binaries(),
+		Binaries: binaries,
 	}
 	data, _ := json.MarshalIndent(st, "", "  ")
 	if err := os.WriteFile(filepath.Join(tmp, "stamp.json"), append(data, '\n'), 0o644); err != nil {

@@ -46,6 +46,7 @@ type State struct {
 	BinDir     string         `json:"binDir"`
 	Version    string         `json:"version"`
 	Ports      map[string]int `json:"ports"`
+	RealNode   *NodeState     `json:"realNode,omitempty"`
 }
 
 // ReadyLine is the one JSON line `up` prints on stdout once the cluster is ready.
@@ -55,6 +56,8 @@ type ReadyLine struct {
 	Dir        string `json:"dir"`
 	BinDir     string `json:"binDir"`
 	Version    string `json:"version"`
+	// RealNode is set when the cluster has a real node (`up --real-node`).
+	RealNode *NodeState `json:"realNode,omitempty"`
 }
 
 func readState(dir string) (State, error) {

@@ -65,6 +65,19 @@ func Down(dir string, stderr io.Writer) error {
 	if left := proc.StopAll(pf.Processes, 10*time.Second); len(left) > 0 {
 		return fmt.Errorf("processes still running after SIGKILL: %v", left)
 	}
+	ns, err := readNodeState(dir)
+	if err != nil {
+		return fmt.Errorf("reading %s: %w", nodeFile, err)
+	}
+	if ns != nil {
+		if err := cleanupNodeHost(dir, ns, pf.Processes, stderr); err != nil {
+			return fmt.Errorf("cleaning up the real node: %w", err)
+		}
+	}
+	if mps, err := mountsUnder(dir); err != nil || len(mps) > 0 {
+		// Never recurse into a mount: it could be a host directory.
+		return fmt.Errorf("not removing %s: mounts left under it: %v %v", dir, mps, err)
+	}
 	if err := os.RemoveAll(dir); err != nil {
 		return err
 	}

@@ -37,6 +37,8 @@ type UpOptions struct {
 	NoStdin       bool          // do not tear down on EOF on stdin
 	AuditLog      string        // "" = no audit log; else kube-apiserver writes one JSON line per request here
 	Timeout       time.Duration // startup timeout (after the build)
+	RealNode      bool          // also run a real node (kubelet, containerd, CNI); see node.go
+	ImportImages  []string      // local Docker images to import into the real node once it is ready
 }
 
 // Process names, in start order. They are also the log file names.
@@ -83,6 +85,10 @@ type supervisor struct {
 	api       *apiClient
 	server    string
 	ports     map[string]int
+	node      *NodeState // the real node, once its network is claimed
+	// provisionCtx ends when teardown starts; it bounds the real node's volume provisioner.
+	provisionCtx  context.Context
+	stopProvision context.CancelFunc
 }
 
 // auditPolicy records every request at the Metadata level (who, verb, object; no bodies), once,
@@ -124,6 +130,7 @@ func (s *supervisor) logf(format string, args ...any) {
 // Up runs `testcluster up`: it returns the process exit code.
 func Up(opts UpOptions, stdin io.Reader, stdout, stderr io.Writer) int {
 	s := &supervisor{opts: opts, stderr: stderr, exitedCh: make(chan *child, 16), ports: map[string]int{}}
+	s.provisionCtx, s.stopProvision = context.WithCancel(context.Background())
 
 	// Shutdown triggers: signals, EOF on stdin.
 	ctx, cancel := context.WithCancelCause(context.Background())
@@ -153,7 +160,7 @@ func Up(opts UpOptions, stdin io.Reader, stdout, stderr io.Writer) int {
 	if err == nil {
 		st := State{
 			Server: s.server, Kubeconfig: filepath.Join(s.dir, "kubeconfig"), Dir: s.dir,
-			BinDir: s.binDir, Ports: s.ports,
+			BinDir: s.binDir, Ports: s.ports, RealNode: s.node,
 		}
 		st.Version, err = s.version(ctx)
 		if err == nil {
@@ -163,6 +170,7 @@ func Up(opts UpOptions, stdin io.Reader, stdout, stderr io.Writer) int {
 		if err == nil {
 			line, _ := json.Marshal(ReadyLine{
 				Kubeconfig: st.Kubeconfig, Server: st.Server, Dir: st.Dir, BinDir: st.BinDir, Version: st.Version,
+				RealNode: st.RealNode,
 			})
 			if _, err = fmt.Fprintf(stdout, "%s\n", line); err == nil {
 				if f, ok := stdout.(*os.File); ok {
@@ -196,7 +204,11 @@ func Up(opts UpOptions, stdin io.Reader, stdout, stderr io.Writer) int {
 		}
 	}
 	s.teardown()
-	if opts.Keep {
+	if mps, err := mountsUnder(s.dir); err != nil || len(mps) > 0 {
+		// Never recurse into a mount: it could be a host directory.
+		s.logf("error: not removing %s: mounts left under it: %v %v", s.dir, mps, err)
+		code = 1
+	} else if opts.Keep {
 		s.logf("kept %s", s.dir)
 	} else if err := os.RemoveAll(s.dir); err != nil {
 		s.logf("error: removing %s: %v", s.dir, err)
@@ -276,9 +288,32 @@ func (s *supervisor) start(ctx context.Context) error {
 		}
 		s.binDir = bin
 	}
+	nodeBin := s.binDir
+	if s.opts.RealNode && s.opts.ComponentsDir != "" {
+		bin, err := build.EnsureNode(ctx, s.opts.ComponentsDir, s.stderr)
+		if err != nil {
+			return err
+		}
+		nodeBin = bin
+	}
 	for _, b := range requiredBinaries {
 		if _, err := os.Stat(filepath.Join(s.binDir, b)); err != nil {
 			return fmt.Errorf("binary %s missing in %s: %v", b, s.binDir, err)
+		}
+	}
+	if s.opts.RealNode {
+		for _, b := range build.NodeBinaries() {
+			if _, err := os.Stat(filepath.Join(nodeBin, b)); err != nil {
+				return fmt.Errorf("binary %s missing in %s: %v", b, nodeBin, err)
+			}
+		}
+		for _, b := range []string{"containerd", "containerd-shim-runc-v2", "runc", "ctr", "ip"} {
+			if _, err := exec.LookPath(b); err != nil {
+				return fmt.Errorf("the real node needs %s (Debian packages containerd, runc, iproute2): %v", b, err)
+			}
+		}
+		if _, err := os.Stat(filepath.Join(cniBinDir, "bridge")); err != nil {
+			return fmt.Errorf("the real node needs the CNI plugins in %s (Debian package containernetworking-plugins): %v", cniBinDir, err)
 		}
 	}
 	tBuild := time.Now()
@@ -356,6 +391,8 @@ func (s *supervisor) start(ctx context.Context) error {
 			"--proxy-client-key-file="+p("front-proxy-client.key"),
 			"--kubelet-client-certificate="+p("apiserver-kubelet-client.crt"),
 			"--kubelet-client-key="+p("apiserver-kubelet-client.key"),
+			// kwok's and the real kubelet's serving certificates are signed by the cluster CA.
+			"--kubelet-certificate-authority="+p("ca.crt"),
 			// Nodes are kwok nodes whose InternalIP is 127.0.0.1; never resolve hostnames.
 			"--kubelet-preferred-address-types=InternalIP",
 			"--profiling=false",
@@ -458,8 +495,26 @@ func (s *supervisor) start(ctx context.Context) error {
 	}
 	s.ports["kwok"] = kwokPorts[0]
 
+	if s.opts.RealNode {
+		if err := s.startRealNode(ctx, nodeBin); err != nil {
+			return fmt.Errorf("real node: %w", err)
+		}
+	}
 	if err := s.waitReady(ctx); err != nil {
 		return err
+	}
+	if s.opts.RealNode {
+		s.logf("real node %s ready %s after start", s.node.Name, time.Since(t0).Round(100*time.Millisecond))
+		code, body, err := s.api.do(ctx, http.MethodPost, "/apis/storage.k8s.io/v1/storageclasses", RealNodeStorageClassObject())
+		if err != nil || (code != http.StatusCreated && code != http.StatusConflict) {
+			return fmt.Errorf("creating StorageClass %s: HTTP %d %v %s", RealNodeStorageClass, code, err, body)
+		}
+		go s.provisionRealNodeVolumes(s.provisionCtx)
+		for _, img := range s.opts.ImportImages {
+			if err := importImage(ctx, s.node, img, s.stderr); err != nil {
+				return err
+			}
+		}
 	}
 	s.logf("ready in %s (build check %s, start %s)", time.Since(t0).Round(100*time.Millisecond),
 		tBuild.Sub(t0).Round(100*time.Millisecond), time.Since(tBuild).Round(100*time.Millisecond))
@@ -522,6 +577,11 @@ func (s *supervisor) waitHealthy(ctx context.Context, c *child, health func(cont
 // pids.json. It must run on the locked main OS thread (see main), because the
 // parent-death signal fires when the forking thread exits.
 func (s *supervisor) spawn(name string, args []string) (*child, error) {
+	return s.spawnPath(name, filepath.Join(s.binDir, name), args)
+}
+
+// spawnPath is spawn for a binary at path (a bare name is looked up in PATH).
+func (s *supervisor) spawnPath(name, path string, args []string) (*child, error) {
 	logPath := filepath.Join(s.dir, "logs", name+".log")
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -529,7 +589,7 @@ func (s *supervisor) spawn(name string, args []string) (*child, error) {
 	}
 	defer logf.Close()
 	fmt.Fprintf(logf, "=== testcluster: starting %s at %s\n", name, time.Now().Format(time.RFC3339))
-	cmd := exec.Command(filepath.Join(s.binDir, name), args...)
+	cmd := exec.Command(path, args...)
 	cmd.Dir = s.dir
 	cmd.Stdin = nil
 	cmd.Stdout = logf
@@ -584,6 +644,8 @@ func (s *supervisor) teardown() {
 		return
 	}
 	t0 := time.Now()
+	s.stopProvision()
+	s.stopRealNode()
 	s.logf("stopping %d processes", len(children))
 	tier := func(c *child) int {
 		switch c.name {
@@ -788,6 +850,10 @@ func (s *supervisor) waitReady(ctx context.Context) error {
 	t0 := time.Now()
 	for {
 		last, blame = s.readiness(ctx)
+		if last == "" && s.node != nil {
+			last, blame = s.realNodeReadiness(ctx), nKubelet
+			s.recordShims()
+		}
 		if last == "" {
 			return nil
 		}
