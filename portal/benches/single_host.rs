@@ -228,9 +228,7 @@ impl Portal {
                 let _ = backend.delete_workspace(&team, &ws.name).await;
             }
         }
-        let _ = std::process::Command::new("docker")
-            .args(["network", "rm", &deskpod_portal::backend::docker::container::network_name(&team)])
-            .output();
+        let _ = std::process::Command::new("docker").args(["network", "rm", &backend.names().network(&team)]).output();
     }
 }
 

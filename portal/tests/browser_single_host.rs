@@ -22,7 +22,6 @@ use deskpod_controller::api::{
 };
 use deskpod_portal::backend::Backend;
 use deskpod_portal::backend::docker::DockerBackend;
-use deskpod_portal::backend::docker::container::{container_name, network_name};
 use deskpod_portal::store::{GlobalRole, SqliteStore};
 use desktop_common::require_tools;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -40,8 +39,8 @@ async fn a_user_creates_a_python_desktop_and_sees_the_xfce_panel_in_the_browser(
     require_tools(&["/usr/bin/chromium", "/usr/bin/node", playwright.to_str().unwrap()]);
 
     let team = format!("browser{}", std::process::id());
-    let _cleanup = Cleanup(team.clone());
     let served = Served::start(&team).await;
+    let _cleanup = Cleanup { team: team.clone(), network: served.backend.names().network(&team) };
     served.portal.add_user(EMAIL, GlobalRole::User).await;
 
     let out_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/browser-single-host");
@@ -83,7 +82,7 @@ async fn a_user_creates_a_python_desktop_and_sees_the_xfce_panel_in_the_browser(
     assert!(result["distinctColours"].as_u64().unwrap() >= 16, "the canvas is not a desktop: {result}");
     assert!(result["panelRows"].as_u64().unwrap() >= 16, "no panel across the top of the desktop: {result}");
     let panel = Command::new("docker")
-        .args(["exec", &container_name(&team, WORKSPACE), "pgrep", "-u", "1000", "-x", "xfce4-panel"])
+        .args(["exec", &served.backend.names().container(&team, WORKSPACE), "pgrep", "-u", "1000", "-x", "xfce4-panel"])
         .output()
         .unwrap();
     assert!(panel.status.success(), "no xfce4-panel runs in the desktop container");
@@ -160,7 +159,10 @@ impl Drop for Served {
 }
 
 /// Removes the team's containers, volumes and network, also when the test fails.
-struct Cleanup(String);
+struct Cleanup {
+    team: String,
+    network: String,
+}
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
@@ -168,13 +170,13 @@ impl Drop for Cleanup {
             let output = Command::new("docker").args(args).output().expect("the docker CLI");
             String::from_utf8_lossy(&output.stdout).into_owned()
         };
-        let label = format!("label=deskpod.io/team={}", self.0);
+        let label = format!("label=deskpod.io/team={}", self.team);
         for id in docker(&["ps", "-aq", "--filter", &label]).split_whitespace() {
             docker(&["rm", "-f", id]);
         }
         for volume in docker(&["volume", "ls", "-q", "--filter", &label]).split_whitespace() {
             docker(&["volume", "rm", "-f", volume]);
         }
-        docker(&["network", "rm", &network_name(&self.0)]);
+        docker(&["network", "rm", &self.network]);
     }
 }

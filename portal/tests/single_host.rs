@@ -16,7 +16,7 @@ use deskpod_controller::api::{
     DesktopProtocol, TeamMember, TeamQuota, TeamRole, TeamSpec, TemplateResources, WorkspaceTemplateSpec,
 };
 use deskpod_portal::backend::docker::DockerBackend;
-use deskpod_portal::backend::docker::container::{container_name, network_name, volume_name};
+use deskpod_portal::backend::docker::container::Names;
 use deskpod_portal::backend::{Backend, BackendError, NewWorkspace, Phase};
 use deskpod_portal::store::SqliteStore;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -30,6 +30,8 @@ const RUNNING_WITHIN: Duration = Duration::from_secs(60);
 struct Host {
     backend: Arc<DockerBackend>,
     store: SqliteStore,
+    /// The backend's names of containers, volumes and networks.
+    names: Names,
     teams: Vec<String>,
 }
 
@@ -59,7 +61,8 @@ impl Host {
             idle_timeout: None,
         };
         backend.put_template("python", template).await.unwrap();
-        Self { backend: Arc::new(backend), store, teams: vec![] }
+        let names = backend.names().clone();
+        Self { backend: Arc::new(backend), store, names, teams: vec![] }
     }
 
     /// A team of its own with `memory` as its budget, `OWNER` its engineer.
@@ -115,7 +118,7 @@ impl Drop for Host {
             for volume in volumes.split_whitespace() {
                 docker(&["volume", "rm", "-f", volume]);
             }
-            docker(&["network", "rm", &network_name(team)]);
+            docker(&["network", "rm", &self.names.network(team)]);
         }
     }
 }
@@ -131,9 +134,9 @@ fn exists(kind: &str, name: &str) -> bool {
 }
 
 /// Runs `script` in a workspace's desktop as its user; exit code and output.
-fn exec(team: &str, name: &str, script: &str) -> (i32, String) {
+fn exec(host: &Host, team: &str, name: &str, script: &str) -> (i32, String) {
     let output = Command::new("docker")
-        .args(["exec", "-u", "1000", &container_name(team, name), "sh", "-c", script])
+        .args(["exec", "-u", "1000", &host.names.container(team, name), "sh", "-c", script])
         .output()
         .unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
@@ -156,27 +159,27 @@ async fn a_desktop_answers_keeps_its_home_across_stop_and_start_and_delete_leave
         "inspect",
         "-f",
         "{{.HostConfig.Memory}} {{.HostConfig.NanoCpus}} {{.HostConfig.CapDrop}} {{.Config.User}} {{.HostConfig.Privileged}}",
-        &container_name(&team, "dev"),
+        &host.names.container(&team, "dev"),
     ]);
     assert_eq!(inspect.trim(), format!("{} 1000000000 [ALL] 1000:1000 false", 1u64 << 30));
 
-    let (code, output) = exec(&team, "dev", "echo kept > /home/user/proof.txt && id -u");
+    let (code, output) = exec(&host, &team, "dev", "echo kept > /home/user/proof.txt && id -u");
     assert_eq!((code, output.trim()), (0, "1000"), "writing in the home failed: {output}");
 
     host.backend.set_running(&team, "dev", false).await.unwrap();
-    assert!(!exists("container", &container_name(&team, "dev")), "stop leaves no container");
-    assert!(exists("volume", &volume_name(&team, "dev")), "stop keeps the home volume");
+    assert!(!exists("container", &host.names.container(&team, "dev")), "stop leaves no container");
+    assert!(exists("volume", &host.names.volume(&team, "dev")), "stop keeps the home volume");
     assert_eq!(host.backend.workspace(&team, "dev").await.unwrap().unwrap().phase, Phase::Stopped);
     assert!(host.backend.desktop(&team, "dev").await.unwrap().is_none());
 
     host.backend.set_running(&team, "dev", true).await.unwrap();
     host.wait_phase(&team, "dev", Phase::Running).await;
-    let (code, output) = exec(&team, "dev", "cat /home/user/proof.txt");
+    let (code, output) = exec(&host, &team, "dev", "cat /home/user/proof.txt");
     assert_eq!((code, output.trim()), (0, "kept"), "the home did not survive stop and start");
 
     host.backend.delete_workspace(&team, "dev").await.unwrap();
-    assert!(!exists("container", &container_name(&team, "dev")));
-    assert!(!exists("volume", &volume_name(&team, "dev")), "delete removes the home volume");
+    assert!(!exists("container", &host.names.container(&team, "dev")));
+    assert!(!exists("volume", &host.names.volume(&team, "dev")), "delete removes the home volume");
     assert!(host.backend.workspace(&team, "dev").await.unwrap().is_none());
 }
 
@@ -200,10 +203,10 @@ async fn a_desktop_cannot_open_a_connection_to_another_teams_desktop() {
     };
     // The probe can see a connection: within the team it succeeds.
     let same_team = host.address(&team_a, "two").await;
-    let (code, output) = exec(&team_a, "one", &connect(same_team));
+    let (code, output) = exec(&host, &team_a, "one", &connect(same_team));
     assert_eq!(code, 0, "a desktop of the same team is reachable: {output}");
     let other_team = host.address(&team_b, "three").await;
-    let (code, output) = exec(&team_a, "one", &connect(other_team));
+    let (code, output) = exec(&host, &team_a, "one", &connect(other_team));
     assert_ne!(code, 0, "team {team_a} reached team {team_b}'s desktop at {other_team}: {output}");
 }
 
@@ -222,8 +225,8 @@ async fn a_workspace_beyond_the_memory_budget_is_refused_and_nothing_is_started(
              workspaces use 1Gi; stop one, or ask an admin for a larger quota"
         )
     );
-    assert!(!exists("container", &container_name(&team, "second")));
-    assert!(!exists("volume", &volume_name(&team, "second")));
+    assert!(!exists("container", &host.names.container(&team, "second")));
+    assert!(!exists("volume", &host.names.volume(&team, "second")));
     assert!(host.backend.workspace(&team, "second").await.unwrap().is_none());
     let view = host.backend.team(&team).await.unwrap().unwrap();
     assert_eq!(
@@ -237,7 +240,7 @@ async fn a_workspace_beyond_the_memory_budget_is_refused_and_nothing_is_started(
     // ... and the first cannot start again while the second runs.
     let refused = host.backend.set_running(&team, "first", true).await.unwrap_err();
     assert!(refused.to_string().contains("memory budget is 1536Mi"), "{refused}");
-    assert!(!exists("container", &container_name(&team, "first")));
+    assert!(!exists("container", &host.names.container(&team, "first")));
 }
 
 #[tokio::test]
@@ -264,14 +267,14 @@ async fn after_a_crash_the_reconciler_restores_the_desktop_and_removes_strangers
     let team = host.team("crash", "4Gi").await;
     host.create(&team, "dev", "python").await.unwrap();
     host.wait_phase(&team, "dev", Phase::Running).await;
-    exec(&team, "dev", "echo kept > /home/user/proof.txt");
+    exec(&host, &team, "dev", "echo kept > /home/user/proof.txt");
 
     // The portal goes away and its container with it; a container nobody asked for appears.
     drop(std::mem::replace(&mut host.backend, Arc::new(DockerBackend::connect(host.store.clone()).await.unwrap())));
-    docker(&["rm", "-f", &container_name(&team, "dev")]);
-    let stranger = container_name(&team, "ghost");
-    let labels =
-        ["deskpod.io/managed-by=deskpod-portal", &format!("deskpod.io/team={team}"), "deskpod.io/workspace=ghost"];
+    docker(&["rm", "-f", &host.names.container(&team, "dev")]);
+    let stranger = host.names.container(&team, "ghost");
+    let instance = format!("deskpod.io/instance={}", host.names.instance());
+    let labels = [instance.as_str(), &format!("deskpod.io/team={team}"), "deskpod.io/workspace=ghost"];
     let mut args = vec!["create", "--name", stranger.as_str()];
     for label in &labels {
         args.extend(["--label", label]);
@@ -283,8 +286,21 @@ async fn after_a_crash_the_reconciler_restores_the_desktop_and_removes_strangers
     host.backend.reconcile_now().await;
     assert!(!exists("container", &stranger), "the reconciler removes a container no workspace wants");
     host.wait_phase(&team, "dev", Phase::Running).await;
-    let (code, output) = exec(&team, "dev", "cat /home/user/proof.txt");
+    let (code, output) = exec(&host, &team, "dev", "cat /home/user/proof.txt");
     assert_eq!((code, output.trim()), (0, "kept"), "the restored desktop has its home");
     let containers = docker(&["ps", "-aq", "--filter", &format!("label=deskpod.io/team={team}")]);
     assert_eq!(containers.split_whitespace().count(), 1, "exactly one desktop");
+}
+
+#[tokio::test]
+async fn a_portal_leaves_the_containers_of_another_portal_on_the_same_engine_alone() {
+    let mut host = Host::new().await;
+    let team = host.team("shared", "4Gi").await;
+    host.create(&team, "dev", "python").await.unwrap();
+    // A second portal, with a database of its own, on the same engine.
+    let other = Host::new().await;
+    assert_ne!(other.names.instance(), host.names.instance());
+    other.backend.reconcile_now().await;
+    assert!(exists("container", &host.names.container(&team, "dev")), "the other portal removed a desktop");
+    host.wait_phase(&team, "dev", Phase::Running).await;
 }

@@ -3,8 +3,8 @@
 //! controller's [`DesiredWorkspace`] (the same resolution of template, team limits and defaults
 //! the Kubernetes pod gets).
 //!
-//! Names join team and workspace with `.`, which neither may contain (both are DNS labels), so
-//! two workspaces can never share a container or a volume.
+//! Names join the portal's instance id, team and workspace with `.`, which none may contain (all
+//! are DNS labels), so two workspaces can never share a container or a volume.
 
 use std::collections::HashMap;
 
@@ -20,6 +20,8 @@ use deskpod_images::probe::{Limits, desktop_container};
 /// On every container, volume and network the portal creates: `deskpod-portal`.
 pub const MANAGED_BY_LABEL: &str = "deskpod.io/managed-by";
 pub const MANAGED_BY: &str = "deskpod-portal";
+/// The portal instance (see [`Names`]) that created a container, volume or network.
+pub const INSTANCE_LABEL: &str = "deskpod.io/instance";
 /// The team a container, volume or network belongs to.
 pub const TEAM_LABEL: &str = "deskpod.io/team";
 /// The workspace a container or volume belongs to.
@@ -32,20 +34,52 @@ pub const DEFAULT_MEMORY_LIMIT: &str = "2Gi";
 /// At most this many processes in a desktop (a fork bomb stays in its container).
 pub const PIDS_LIMIT: i64 = 4096;
 
-/// The desktop container of a workspace.
-pub fn container_name(team: &str, workspace: &str) -> String {
-    format!("deskpod.{team}.{workspace}")
+/// The names of one portal's containers, volumes and networks. Several portals (each with its
+/// own database) can share a Docker Engine: each names and labels what it creates with its
+/// instance id, and manages nothing else.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Names {
+    instance: String,
 }
 
-/// The home volume of a workspace.
-pub fn volume_name(team: &str, workspace: &str) -> String {
-    format!("deskpod-home.{team}.{workspace}")
-}
+impl Names {
+    /// Names for the portal whose database holds `instance` (lowercase letters and digits).
+    pub fn new(instance: &str) -> Self {
+        Self { instance: instance.to_owned() }
+    }
 
-/// The bridge network of a team: its desktops reach each other and the outside, never another
-/// team's desktops (Docker isolates bridge networks from each other).
-pub fn network_name(team: &str) -> String {
-    format!("deskpod-team.{team}")
+    /// The instance id, also the value of [`INSTANCE_LABEL`].
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// The desktop container of a workspace.
+    pub fn container(&self, team: &str, workspace: &str) -> String {
+        format!("deskpod-{}.{team}.{workspace}", self.instance)
+    }
+
+    /// The home volume of a workspace.
+    pub fn volume(&self, team: &str, workspace: &str) -> String {
+        format!("deskpod-{}-home.{team}.{workspace}", self.instance)
+    }
+
+    /// The bridge network of a team: its desktops reach each other and the outside, never another
+    /// team's desktops (Docker isolates bridge networks from each other).
+    pub fn network(&self, team: &str) -> String {
+        format!("deskpod-{}.{team}", self.instance)
+    }
+
+    fn labels(&self, team: &str, workspace: Option<&str>) -> HashMap<String, String> {
+        let mut labels = HashMap::from([
+            (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
+            (INSTANCE_LABEL.to_owned(), self.instance.clone()),
+            (TEAM_LABEL.to_owned(), team.to_owned()),
+        ]);
+        if let Some(workspace) = workspace {
+            labels.insert(WORKSPACE_LABEL.to_owned(), workspace.to_owned());
+        }
+        labels
+    }
 }
 
 /// What a running workspace takes from its team's budget: its CPU and memory limits.
@@ -83,30 +117,21 @@ impl Footprint {
     }
 }
 
-fn labels(team: &str, workspace: Option<&str>) -> HashMap<String, String> {
-    let mut labels =
-        HashMap::from([(MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()), (TEAM_LABEL.to_owned(), team.to_owned())]);
-    if let Some(workspace) = workspace {
-        labels.insert(WORKSPACE_LABEL.to_owned(), workspace.to_owned());
-    }
-    labels
-}
-
 /// The team's network.
-pub fn network(team: &str) -> NetworkCreateRequest {
+pub fn network(names: &Names, team: &str) -> NetworkCreateRequest {
     NetworkCreateRequest {
-        name: network_name(team),
+        name: names.network(team),
         driver: Some("bridge".into()),
-        labels: Some(labels(team, None)),
+        labels: Some(names.labels(team, None)),
         ..NetworkCreateRequest::default()
     }
 }
 
 /// The workspace's home volume.
-pub fn volume(team: &str, workspace: &str) -> VolumeCreateRequest {
+pub fn volume(names: &Names, team: &str, workspace: &str) -> VolumeCreateRequest {
     VolumeCreateRequest {
-        name: Some(volume_name(team, workspace)),
-        labels: Some(labels(team, Some(workspace))),
+        name: Some(names.volume(team, workspace)),
+        labels: Some(names.labels(team, Some(workspace))),
         ..VolumeCreateRequest::default()
     }
 }
@@ -115,6 +140,7 @@ pub fn volume(team: &str, workspace: &str) -> VolumeCreateRequest {
 /// environment, its limits and `/dev/shm`, no capabilities and no privilege escalation, the home
 /// volume at the home path, on the team's network only, restarted unless stopped.
 pub fn desktop(
+    names: &Names,
     desired: &DesiredWorkspace,
     password: &str,
     footprint: Footprint,
@@ -131,16 +157,16 @@ pub fn desktop(
     env.splice(0..0, desired.env.iter().map(|var| format!("{}={}", var.name, var.value)));
     body.user = Some(format!("{}:{}", desktop::UID, desktop::GID));
     body.hostname = Some(desired.name.clone());
-    body.labels = Some(labels(&desired.team, Some(&desired.name)));
+    body.labels = Some(names.labels(&desired.team, Some(&desired.name)));
     let host = body.host_config.get_or_insert_with(HostConfig::default);
     host.memory_swap = host.memory; // no swap beyond the limit
     host.pids_limit = Some(PIDS_LIMIT);
-    host.network_mode = Some(network_name(&desired.team));
+    host.network_mode = Some(names.network(&desired.team));
     host.restart_policy =
         Some(RestartPolicy { name: Some(RestartPolicyNameEnum::UNLESS_STOPPED), maximum_retry_count: None });
     host.mounts = Some(vec![Mount {
         target: Some(desired.home_path.clone()),
-        source: Some(volume_name(&desired.team, &desired.name)),
+        source: Some(names.volume(&desired.team, &desired.name)),
         typ: Some(MountType::VOLUME),
         ..Mount::default()
     }]);
@@ -181,10 +207,12 @@ mod tests {
     }
 
     #[test]
-    fn names_cannot_collide_across_teams() {
-        assert_ne!(container_name("a-b", "c"), container_name("a", "b-c"));
-        assert_ne!(volume_name("a-b", "c"), volume_name("a", "b-c"));
-        assert_eq!(network_name("a"), "deskpod-team.a");
+    fn names_cannot_collide_across_teams_or_portals() {
+        let names = Names::new("1f2e3d4c");
+        assert_ne!(names.container("a-b", "c"), names.container("a", "b-c"));
+        assert_ne!(names.volume("a-b", "c"), names.volume("a", "b-c"));
+        assert_ne!(names.container("a", "b"), Names::new("99999999").container("a", "b"));
+        assert_eq!(names.network("a"), "deskpod-1f2e3d4c.a");
     }
 
     #[test]
@@ -207,7 +235,8 @@ mod tests {
     #[test]
     fn the_desktop_runs_unprivileged_with_its_limits_on_its_team_network() {
         let d = desired(TemplateResources::default());
-        let body = desktop(&d, "secret-pw", Footprint::of(&d).unwrap()).unwrap();
+        let names = Names::new("1f2e3d4c");
+        let body = desktop(&names, &d, "secret-pw", Footprint::of(&d).unwrap()).unwrap();
         let host = body.host_config.as_ref().unwrap();
         assert_eq!(host.memory, Some(2 << 30));
         assert_eq!(host.memory_swap, Some(2 << 30));
@@ -215,15 +244,16 @@ mod tests {
         assert_eq!(host.shm_size, Some(512 << 20));
         assert_eq!(host.cap_drop.as_deref(), Some(&["ALL".to_owned()][..]));
         assert_eq!(host.security_opt.as_deref(), Some(&["no-new-privileges".to_owned()][..]));
-        assert_eq!(host.network_mode.as_deref(), Some("deskpod-team.a"));
+        assert_eq!(host.network_mode.as_deref(), Some("deskpod-1f2e3d4c.a"));
         assert!(host.privileged.is_none_or(|p| !p));
         assert_eq!(body.user.as_deref(), Some("1000:1000"));
         let mount = &host.mounts.as_ref().unwrap()[0];
-        assert_eq!(mount.source.as_deref(), Some("deskpod-home.a.dev"));
+        assert_eq!(mount.source.as_deref(), Some("deskpod-1f2e3d4c-home.a.dev"));
         assert_eq!(mount.target.as_deref(), Some("/home/user"));
         // The password the portal holds is the one that counts: it comes last.
         let env = body.env.unwrap();
         assert_eq!(env.iter().rfind(|v| v.starts_with("VNC_PW=")).map(String::as_str), Some("VNC_PW=secret-pw"));
-        assert_eq!(body.labels.unwrap()[WORKSPACE_LABEL], "dev");
+        let labels = body.labels.unwrap();
+        assert_eq!((labels[WORKSPACE_LABEL].as_str(), labels[INSTANCE_LABEL].as_str()), ("dev", "1f2e3d4c"));
     }
 }

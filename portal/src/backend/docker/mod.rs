@@ -55,7 +55,7 @@ use super::{
 };
 use crate::authz::Membership;
 use crate::membership::MembershipSource;
-use crate::store::SqliteStore;
+use crate::store::{SqliteStore, Store};
 
 /// How often the reconciler compares rows and containers when nothing wakes it.
 const RESYNC: Duration = Duration::from_secs(5);
@@ -76,6 +76,8 @@ pub struct DockerBackend {
 struct Inner {
     docker: Docker,
     db: Db,
+    /// This portal's names and labels on the engine.
+    names: container::Names,
     /// Held from a quota decision until its row is written.
     admission: tokio::sync::Mutex<()>,
     /// Held while a team network is looked up and created.
@@ -111,23 +113,38 @@ struct Observed {
 
 impl DockerBackend {
     /// A backend on `docker`, keeping its records in `store`'s database; starts the reconciler.
-    pub fn new(docker: Docker, store: SqliteStore) -> Self {
+    /// The database's instance id (made on first use) names and labels what this portal
+    /// creates on the engine, so portals with different databases leave each other alone.
+    pub async fn new(docker: Docker, store: SqliteStore) -> BackendResult<Self> {
+        let candidate = crate::random::hex::<4>()
+            .map_err(|_| BackendError::Unavailable("the system's random generator failed".into()))?;
+        let instance = store.secret_or_insert(INSTANCE_SECRET, candidate.into_bytes()).await.map_err(store_failed)?;
+        let instance = String::from_utf8(instance)
+            .ok()
+            .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
+            .ok_or_else(|| BackendError::Unavailable("the database's single-host instance id is damaged".into()))?;
         let inner = Arc::new(Inner {
             docker,
             db: Db::new(store),
+            names: container::Names::new(&instance),
             admission: tokio::sync::Mutex::new(()),
             networks: tokio::sync::Mutex::new(()),
             ready: Mutex::new(HashMap::new()),
             wake: Notify::new(),
         });
         let reconciler = tokio::spawn(Inner::reconcile_forever(Arc::clone(&inner)));
-        Self { inner, reconciler }
+        Ok(Self { inner, reconciler })
     }
 
     /// Connects to the local Docker Engine (`DOCKER_HOST` or /var/run/docker.sock).
     pub async fn connect(store: SqliteStore) -> BackendResult<Self> {
         let docker = deskpod_images::connect_docker().await.map_err(|e| BackendError::Unavailable(e.to_string()))?;
-        Ok(Self::new(docker, store))
+        Self::new(docker, store).await
+    }
+
+    /// How this portal names its containers, volumes and networks.
+    pub fn names(&self) -> &container::Names {
+        &self.inner.names
     }
 
     /// Creates or replaces a team (its members, quota and limits).
@@ -171,6 +188,9 @@ impl DockerBackend {
         self.inner.reconcile().await;
     }
 }
+
+/// Where the database keeps this portal's instance id (see [`container::Names`]).
+const INSTANCE_SECRET: &str = "docker-instance";
 
 /// The team an empty single-host database gets.
 pub const DEFAULT_TEAM: &str = "default";
@@ -314,7 +334,7 @@ impl Inner {
 
     /// The workspaces' containers, by (team, workspace).
     async fn containers(&self, team: Option<&str>) -> BackendResult<HashMap<(String, String), Observed>> {
-        let mut labels = vec![format!("{}={}", container::MANAGED_BY_LABEL, container::MANAGED_BY)];
+        let mut labels = vec![format!("{}={}", container::INSTANCE_LABEL, self.names.instance())];
         if let Some(team) = team {
             labels.push(format!("{}={team}", container::TEAM_LABEL));
         }
@@ -325,7 +345,7 @@ impl Inner {
         };
         let listed =
             self.docker.list_containers(Some(options)).await.map_err(|e| docker_failed("listing desktops", e))?;
-        Ok(listed.into_iter().filter_map(observed).collect())
+        Ok(listed.into_iter().filter_map(|summary| observed(&self.names, summary)).collect())
     }
 
     /// Views of `rows`, watching the readiness of desktops nobody watches yet.
@@ -521,13 +541,14 @@ impl Inner {
         desired: &DesiredWorkspace,
         footprint: Footprint,
     ) -> BackendResult<()> {
-        let name = container::container_name(&row.team, &row.name);
+        let name = self.names.container(&row.team, &row.name);
         self.ensure_network(&row.team).await?;
         self.docker
-            .create_volume(container::volume(&row.team, &row.name))
+            .create_volume(container::volume(&self.names, &row.team, &row.name))
             .await
             .map_err(|e| docker_failed("creating the home volume", e))?;
-        let body = container::desktop(desired, &row.vnc_password, footprint).map_err(BackendError::Invalid)?;
+        let body =
+            container::desktop(&self.names, desired, &row.vnc_password, footprint).map_err(BackendError::Invalid)?;
         let options = CreateContainerOptions { name: Some(name.clone()), ..CreateContainerOptions::default() };
         match self.docker.create_container(Some(options), body).await {
             Ok(_) => {}
@@ -544,7 +565,7 @@ impl Inner {
         let ip = inspected
             .network_settings
             .and_then(|n| n.networks)
-            .and_then(|mut n| n.remove(&container::network_name(&row.team)))
+            .and_then(|mut n| n.remove(&self.names.network(&row.team)))
             .and_then(|e| e.ip_address)
             .and_then(|ip| ip.parse().ok());
         if let (Some(id), Some(ip)) = (inspected.id, ip) {
@@ -557,20 +578,20 @@ impl Inner {
     /// (and then cannot tell them apart), so this looks first, one caller at a time.
     async fn ensure_network(&self, team: &str) -> BackendResult<()> {
         let _one_at_a_time = self.networks.lock().await;
-        match self.docker.inspect_network(&container::network_name(team), None).await {
+        match self.docker.inspect_network(&self.names.network(team), None).await {
             Ok(_) => return Ok(()),
             Err(e) if is_status(&e, 404) => {}
             Err(e) => return Err(docker_failed("looking up the team network", e)),
         }
         self.docker
-            .create_network(container::network(team))
+            .create_network(container::network(&self.names, team))
             .await
             .map_err(|e| docker_failed("creating the team network", e))?;
         Ok(())
     }
 
     async fn remove_container(&self, team: &str, name: &str) -> BackendResult<()> {
-        let name = container::container_name(team, name);
+        let name = self.names.container(team, name);
         let stop = StopContainerOptions { t: Some(STOP_GRACE_SECONDS), ..StopContainerOptions::default() };
         match self.docker.stop_container(&name, Some(stop)).await {
             Ok(()) => {}
@@ -602,7 +623,7 @@ impl Inner {
     }
 
     async fn remove_volume(&self, team: &str, name: &str) -> BackendResult<()> {
-        let volume = container::volume_name(team, name);
+        let volume = self.names.volume(team, name);
         let deadline = tokio::time::Instant::now() + REMOVAL_WAIT;
         loop {
             match self.docker.remove_volume(&volume, None::<RemoveVolumeOptions>).await {
@@ -736,14 +757,14 @@ async fn answers_within(url: &str, timeout: Duration) -> Result<(), String> {
 }
 
 /// A listed container of a workspace: its (team, workspace) and what it is doing.
-fn observed(summary: ContainerSummary) -> Option<((String, String), Observed)> {
+fn observed(names: &container::Names, summary: ContainerSummary) -> Option<((String, String), Observed)> {
     let labels = summary.labels.unwrap_or_default();
     let team = labels.get(container::TEAM_LABEL)?.clone();
     let workspace = labels.get(container::WORKSPACE_LABEL)?.clone();
     let ip = summary
         .network_settings
         .and_then(|n| n.networks)
-        .and_then(|mut n| n.remove(&container::network_name(&team)))
+        .and_then(|mut n| n.remove(&names.network(&team)))
         .and_then(|e| e.ip_address)
         .and_then(|ip| ip.parse().ok());
     let observed = Observed {
