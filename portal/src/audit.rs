@@ -18,6 +18,8 @@ pub const SYSTEM_ACTOR: &str = "deskpod-portal";
 pub enum AuditAction {
     /// Signing in with e-mail and password.
     SignIn,
+    /// Signing in through the OpenID Connect provider.
+    SignInOidc,
     /// Signing out.
     SignOut,
     /// Creating an account (first admin, or by accepting an invite).
@@ -37,6 +39,7 @@ impl AuditAction {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::SignIn => "signin",
+            Self::SignInOidc => "signin.oidc",
             Self::SignOut => "signout",
             Self::UserCreate => "user.create",
             Self::TokenCreate => "token.create",

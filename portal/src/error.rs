@@ -75,6 +75,9 @@ pub enum Error {
     /// The workspace backend (Kubernetes API server, Docker Engine) cannot be reached (503).
     #[error("the workspace backend: {0}")]
     BackendUnavailable(String),
+    /// The OpenID Connect provider cannot be reached or answered something unusable (502).
+    #[error("the OpenID Connect provider: {0}")]
+    IdentityProvider(String),
 }
 
 impl Error {
@@ -100,6 +103,7 @@ impl Error {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::BackendUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::IdentityProvider(_) => StatusCode::BAD_GATEWAY,
             Self::Store { .. }
             | Self::PasswordHash(_)
             | Self::SessionSigning(_)

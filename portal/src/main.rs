@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use deskpod_portal::account::{self, AdminBootstrap};
+use deskpod_portal::auth::oidc::{self, OidcArgs, OidcClient};
 use deskpod_portal::backend::docker::DockerBackend;
 use deskpod_portal::backend::invite::BackendInviteHook;
 use deskpod_portal::backend::kubernetes::{KubernetesBackend, KubernetesOptions};
@@ -21,7 +22,10 @@ Secrets are read from the environment only, never from flags:
   DESKPOD_JWT_KEY         session signing key, at least 32 bytes. Unset: one is generated on first
                           start and kept in the database.
   DESKPOD_ADMIN_PASSWORD  password of the first admin, used only when no admin exists. Unset: a
-                          password is generated and printed once to standard output.";
+                          password is generated and printed once to standard output.
+  DESKPOD_OIDC_CLIENT_SECRET
+                          the portal's client secret at the OpenID Connect provider, with
+                          --oidc-issuer. Unset: a public client (PKCE only).";
 
 #[derive(Parser)]
 #[command(name = "deskpod-portal", version, about = "Deskpod's web portal", after_help = ENVIRONMENT_HELP)]
@@ -68,6 +72,9 @@ struct Cli {
     /// Debian's `novnc` package files, served under /novnc/ for the desktop view (no CDN).
     #[arg(long, env = "DESKPOD_NOVNC_DIR", default_value = "/usr/share/novnc")]
     novnc_dir: PathBuf,
+
+    #[command(flatten)]
+    oidc: OidcArgs,
 }
 
 /// The `--backend` choices.
@@ -163,6 +170,11 @@ async fn main() -> anyhow::Result<()> {
         // An accepted invite adds the invitee to the team and starts their first desktop.
         let hook = BackendInviteHook::new(state.backend.clone(), state.store.clone());
         state = state.with_invite_hook(Arc::new(hook));
+    }
+
+    let oidc_secret = secret_from_env(oidc::CLIENT_SECRET_ENV)?;
+    if let Some(client) = OidcClient::from_args(&cli.oidc, &state.config.public_url, oidc_secret).await? {
+        state = state.with_oidc(Arc::new(client));
     }
 
     let listener =

@@ -25,6 +25,8 @@ pub struct AppState {
     pub invite_hook: Arc<dyn InviteHook>,
     /// Failed sign-ins per account and address.
     pub sign_in_limiter: Arc<SignInLimiter>,
+    /// Sign-in through an OpenID Connect provider, when configured.
+    pub oidc: Option<Arc<crate::auth::OidcClient>>,
     /// Where workspaces run (Kubernetes or single-host Docker).
     pub backend: Arc<dyn Backend>,
 }
@@ -39,6 +41,7 @@ impl AppState {
             memberships,
             invite_hook: Arc::new(RedirectHome),
             sign_in_limiter: Arc::new(SignInLimiter::default()),
+            oidc: None,
             backend: Arc::new(Unconfigured),
         }
     }
@@ -47,6 +50,12 @@ impl AppState {
     pub fn with_backend(mut self, backend: Arc<dyn Backend>) -> Self {
         self.memberships = backend.clone();
         self.backend = backend;
+        self
+    }
+
+    /// Offers sign-in through the OpenID Connect provider `client` talks to.
+    pub fn with_oidc(mut self, client: Arc<crate::auth::OidcClient>) -> Self {
+        self.oidc = Some(client);
         self
     }
 

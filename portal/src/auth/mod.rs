@@ -1,5 +1,6 @@
 //! Who is asking: passwords, JWT sessions, CSRF tokens, the sign-in rate limit, and the
 //! extractors handlers take ([`CurrentUser`], [`SessionForm`], [`PublicForm`], [`RemoteAddr`]).
+//! Sign-in through an OpenID Connect provider, when configured, is in [`oidc`].
 //!
 //! One secret of at least 32 bytes signs sessions (HS256) and, through a derived key, CSRF
 //! tokens. It comes from `DESKPOD_JWT_KEY` or is generated on first start and kept in the
@@ -8,6 +9,7 @@
 
 mod csrf;
 mod extract;
+pub mod oidc;
 pub mod password;
 mod ratelimit;
 pub mod session;
@@ -22,6 +24,7 @@ pub use csrf::{CSRF_FIELD, CSRF_HEADER, CsrfBinding, PRE_SESSION_COOKIE};
 pub use extract::{
     Auth, AuthRejection, CurrentUser, PreSession, PublicForm, RemoteAddr, SessionForm, safe_return_path,
 };
+pub use oidc::{OidcArgs, OidcClient};
 pub use ratelimit::SignInLimiter;
 
 use crate::error::{Error, Result};
