@@ -1,12 +1,16 @@
-// Live status for the "My workspaces" page: polls GET /api/v1/workspaces every 2 s (with the
-// session cookie) and updates each workspace's phase, stages, message and problem in place. When a
-// workspace appears or goes, or whether it wants to run changes, the page is reloaded so its
-// buttons match. Delete forms ask for confirmation first.
+// Live status for the "My workspaces" page, by server-sent events from
+// GET /api/v1/workspaces/events (the list's data-events): each `workspace` event carries a
+// workspace as GET /api/v1/workspaces shows it, sent first for every workspace and then whenever it
+// changes; its phase, stages, message and problem are updated in place. When a workspace appears or
+// goes (`removed`), or whether it wants to run changes, the page is reloaded so its buttons match.
+// Without JavaScript (or EventSource) the page is still complete; it is just not live. Delete forms
+// ask for confirmation first.
 (function () {
   "use strict";
   const list = document.getElementById("workspaces");
   if (!list) return;
   const STAGES = ["volume", "scheduling", "image", "desktop", "ready"];
+  const RECONNECT_MS = 5000;
 
   for (const form of document.querySelectorAll("form[data-confirm]")) {
     form.addEventListener("submit", (event) => {
@@ -36,27 +40,29 @@
     for (const el of row.querySelectorAll('[data-when="ready"]')) el.hidden = !ready;
   }
 
-  async function poll() {
-    try {
-      const response = await fetch(list.dataset.poll, { credentials: "same-origin", headers: { Accept: "application/json" } });
-      if (response.status === 401) { window.location.assign("/signin?next=%2F"); return; }
-      if (!response.ok) return;
-      const body = await response.json();
-      const current = rows();
-      const seen = new Set();
-      for (const ws of body.workspaces) {
-        const key = ws.team + "/" + ws.name;
-        seen.add(key);
-        const row = current.get(key);
-        if (!row || row.dataset.running !== String(ws.running)) { window.location.reload(); return; }
-        show(row, ws);
+  function listen() {
+    const source = new EventSource(list.dataset.events);
+    source.addEventListener("workspace", (event) => {
+      const ws = JSON.parse(event.data);
+      const row = rows().get(ws.team + "/" + ws.name);
+      if (!row || row.dataset.running !== String(ws.running)) { window.location.reload(); return; }
+      show(row, ws);
+    });
+    source.addEventListener("removed", () => window.location.reload());
+    source.addEventListener("error", async () => {
+      // EventSource retries by itself after a dropped connection; it gives up on an error answer
+      // (signed out: 401). Then sign in again, or try anew a little later.
+      if (source.readyState !== EventSource.CLOSED) return;
+      try {
+        const me = await fetch("/api/v1/me", { credentials: "same-origin", headers: { Accept: "application/json" } });
+        if (me.status === 401) { window.location.assign("/signin?next=%2F"); return; }
+      } catch (error) {
+        // The portal restarting or the network blinking.
       }
-      if (seen.size !== current.size) window.location.reload();
-    } catch (error) {
-      // The portal restarting or the network blinking: try again at the next tick.
-    }
+      window.setTimeout(listen, RECONNECT_MS);
+    });
   }
 
   for (const row of rows().values()) row.dataset.running = row.querySelector('form[action$="/stop"]') ? "true" : "false";
-  window.setInterval(poll, 2000);
+  if (list.dataset.events && "EventSource" in window) listen();
 })();

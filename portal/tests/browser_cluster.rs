@@ -5,34 +5,29 @@
 //! portal's proxy to a REAL Xvnc behind Debian's websockify; the canvas shows the X display's
 //! pattern. The screenshot is kept at `target/browser-cluster/desktop.png`.
 //!
-//! kwok's pods run nothing, so this test stands in for the desktop container, in a documented,
-//! test-only way: as soon as the controller has made the workspace's VNC Secret, the test starts
-//! Xvnc with the password from that Secret, puts websockify in front of it, and sets the
-//! Workspace annotation `deskpod.io/desktop-endpoint: 127.0.0.1:<websockify port>`, which the
-//! portal's proxy honours because its backend was built with
-//! `KubernetesOptions { allow_endpoint_override: true }` (`--allow-desktop-endpoint-override`).
+//! "My workspaces" follows the workspace by server-sent events: the row's phase changes in place,
+//! without the page being reloaded.
+//!
+//! kwok's pods run nothing, so this test stands in for the desktop container with a real Xvnc
+//! registered through the `deskpod.io/desktop-endpoint` annotation (see `cluster_browser`).
 //! The browser opens the desktop only after it has seen Running AND the test has told it (a line
 //! `endpoint-registered` on its stdin) that the annotation is in place, so the order cannot race.
 //! Needs `portal/tests/setup-desktop-tools` (Chromium, Node, playwright-core, Xvnc, websockify).
 
+mod cluster_browser;
 mod common;
 mod desktop_common;
 mod kube_common;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use deskpod_controller::api::Workspace;
-use deskpod_controller::workspace::render::{VNC_PASSWORD_KEY, vnc_secret_name};
+use cluster_browser::{Desktop, ServedPortal};
 use deskpod_portal::backend::kubernetes::DESKTOP_ENDPOINT_ANNOTATION;
 use deskpod_portal::store::GlobalRole;
-use deskpod_testsupport::wait_for;
-use desktop_common::{Websockify, Xvnc, require_tools};
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, Patch, PatchParams};
-use kube_common::{Fixture, ONE_CONTROLLER, WAIT};
+use desktop_common::require_tools;
+use kube_common::{Fixture, ONE_CONTROLLER};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
@@ -91,6 +86,9 @@ async fn a_user_creates_a_workspace_watches_it_run_and_sees_its_desktop_in_the_b
     let output = browser.await.expect("the browser test took too long").unwrap();
     let result = desktop_common::browser_result(&output);
     assert_eq!(result["phases"].as_array().and_then(|p| p.last()), Some(&json!("Running")), "{result}");
+    // The phase changed on the page (it showed another phase first) without the page reloading.
+    assert!(result["phases"].as_array().unwrap().len() >= 2, "the row never showed another phase: {result}");
+    assert_eq!(result["reloaded"], false, "the list was reloaded instead of updated in place: {result}");
     assert!(result["distinctColours"].as_u64().unwrap() >= 2, "the canvas is blank: {result}");
     assert!(result["problems"].as_array().unwrap().is_empty(), "browser errors: {result}");
     assert!(screenshot.exists(), "no screenshot at {}", screenshot.display());
@@ -109,82 +107,4 @@ async fn a_user_creates_a_workspace_watches_it_run_and_sees_its_desktop_in_the_b
     );
     drop(desktop);
     f.delete().await;
-}
-
-/// A real desktop registered as a workspace's endpoint: Xvnc showing a two-colour plaid, with
-/// websockify in front, both killed (by pid) when dropped.
-struct Desktop {
-    _xvnc: Xvnc,
-    websockify: Websockify,
-}
-
-impl Desktop {
-    /// Waits until the workspace and its VNC Secret exist, starts Xvnc with the Secret's password
-    /// and websockify, and annotates the Workspace with websockify's address.
-    async fn register(f: &Fixture, name: &str) -> Self {
-        wait_for(&f.workspaces(), name, "created by the browser", WAIT, |w: Option<&Workspace>| w.is_some())
-            .await
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let secrets = Api::<Secret>::namespaced(f.client(), &format!("team-{}", f.team));
-        let secret = wait_for(&secrets, &vnc_secret_name(name), "VNC password", WAIT, |s: Option<&Secret>| s.is_some())
-            .await
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let password = secret.data.and_then(|mut d| d.remove(VNC_PASSWORD_KEY)).expect("the Secret has a password");
-        let password = String::from_utf8(password.0).expect("a text password");
-        let desktop = tokio::task::spawn_blocking(move || {
-            let xvnc = Xvnc::start(Some(&password));
-            // A plaid of two colours, so a blank or single-colour canvas fails.
-            let status = std::process::Command::new("/usr/bin/xsetroot")
-                .args(["-mod", "8", "8", "-fg", "#ff8800", "-bg", "#0044aa"])
-                .env("DISPLAY", format!(":{}", xvnc.display))
-                .status()
-                .unwrap();
-            assert!(status.success(), "xsetroot failed");
-            let websockify = Websockify::plain(xvnc.rfb_port);
-            Self { _xvnc: xvnc, websockify }
-        })
-        .await
-        .unwrap();
-        let annotate = json!({ "metadata": { "annotations": {
-            DESKTOP_ENDPOINT_ANNOTATION: desktop.address().to_string()
-        } } });
-        f.workspaces().patch(name, &PatchParams::default(), &Patch::Merge(&annotate)).await.expect("annotate");
-        desktop
-    }
-
-    fn address(&self) -> SocketAddr {
-        self.websockify.addr()
-    }
-}
-
-/// The fixture's backend behind a portal served on a real socket (websocket upgrades need one),
-/// whose public URL is its own address so the browser's `Origin` matches.
-struct ServedPortal {
-    portal: common::Portal,
-    addr: SocketAddr,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl ServedPortal {
-    async fn start(f: &Fixture) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut portal = common::Portal::with_url(&format!("http://{addr}")).await;
-        portal.state = portal.state.clone().with_backend(f.portal.state.backend.clone());
-        let app = deskpod_portal::app(portal.state.clone());
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await.unwrap();
-        });
-        Self { portal, addr, server }
-    }
-
-    fn origin(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-}
-
-impl Drop for ServedPortal {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
 }

@@ -1,8 +1,8 @@
 //! `GET /`: the signed-in user's workspaces with their live status, and their teams.
 //!
-//! The page is rendered whole on the server; `/static/workspaces.js` then polls
-//! `GET /api/v1/workspaces` every 2 s and updates each workspace's phase, stage and message in
-//! place (and reloads the page when workspaces appear or go). The workspace operations and rows
+//! The page is rendered whole on the server; `/static/workspaces.js` then follows the server-sent
+//! events of `GET /api/v1/workspaces/events` ([`super::events`]) and updates each workspace's
+//! phase, stage and message in place (and reloads the page when workspaces appear or go). The workspace operations and rows
 //! come from [`super::workspaces`].
 
 use askama::Template;

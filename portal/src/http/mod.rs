@@ -7,8 +7,10 @@
 //! [`crate::Error`] (a JSON error).
 
 mod account;
+mod admin;
 pub mod api;
 pub mod desktop;
+pub mod events;
 mod home;
 mod invite;
 mod signin;
@@ -23,6 +25,7 @@ use axum::{Json, Router, middleware};
 use serde::Serialize;
 
 use crate::auth::{Auth, CurrentUser};
+use crate::authz;
 use crate::error::Error;
 use crate::state::AppState;
 
@@ -38,6 +41,7 @@ pub fn app(state: AppState) -> Router {
         .merge(workspaces::router())
         .merge(desktop::router())
         .merge(api::router())
+        .merge(admin::router())
         .layer(middleware::map_response(security_headers))
         .with_state(state)
 }
@@ -78,19 +82,23 @@ async fn security_headers(mut response: Response) -> Response {
     response
 }
 
-/// The signed-in part of the page header: name and sign-out form.
+/// The signed-in part of the page header: name, admin links and sign-out form.
 pub struct Nav {
     pub display_name: String,
     pub csrf: String,
+    /// Whether to link the admin pages (the audit log).
+    pub is_admin: bool,
 }
 
 impl Nav {
     /// The header for a user signed in with a session.
     pub fn of(user: &CurrentUser) -> Option<Self> {
         match &user.auth {
-            Auth::Session { csrf_token, .. } => {
-                Some(Self { display_name: user.user.display_name.clone(), csrf: csrf_token.clone() })
-            }
+            Auth::Session { csrf_token, .. } => Some(Self {
+                display_name: user.user.display_name.clone(),
+                csrf: csrf_token.clone(),
+                is_admin: authz::can_read_audit(&user.user, jiff::Timestamp::now()),
+            }),
             Auth::Token(_) => None,
         }
     }

@@ -1,8 +1,8 @@
 //! The workspace pages, and the workspace operations they share with the JSON API
 //! (`http::api::workspaces`).
 //!
-//! Pages: `/` (my workspaces, with live status: `/static/workspaces.js` polls
-//! `GET /api/v1/workspaces` every 2 s), `/templates` (the catalog), `/workspaces/new` (the create
+//! Pages: `/` (my workspaces, with live status: `/static/workspaces.js` follows the server-sent
+//! events of `GET /api/v1/workspaces/events`, see [`super::events`]), `/templates` (the catalog), `/workspaces/new` (the create
 //! form, with the remaining quota of the user's teams), `POST /workspaces` and
 //! `POST /workspaces/{team}/{name}/{start,stop,delete}` (CSRF-checked forms), and `/teams/{team}`
 //! (members, quota, running workspaces). The desktop itself is `/workspaces/{team}/{name}/desktop`,
@@ -14,6 +14,7 @@
 //! not an active member of the team (nor an admin) is refused before the backend is asked anything.
 //! Creating, starting, stopping and deleting are written to the audit log.
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use askama::Template;
@@ -250,6 +251,12 @@ pub(crate) async fn delete(
     result
 }
 
+/// The teams whose workspaces owned by the user "My workspaces" lists (the page, the API list
+/// without `team`, and the live events): those the user is an active member of at `now`.
+pub(crate) fn own_workspace_teams(memberships: &[Membership], now: Timestamp) -> BTreeSet<String> {
+    memberships.iter().filter(|m| m.is_active_at(now)).map(|m| m.team.clone()).collect()
+}
+
 /// The workspaces `user` sees: their own in every team they are an active member of, or with
 /// `team`, those of that team they may see (leads and admins see others' when the team allows).
 pub(crate) async fn visible_workspaces(
@@ -261,8 +268,8 @@ pub(crate) async fn visible_workspaces(
     let memberships = state.memberships_of(user.id()).await?;
     let Some(team) = team else {
         let mut all = Vec::new();
-        for membership in memberships.iter().filter(|m| m.is_active_at(now)) {
-            let own = state.backend.workspaces(&membership.team, Some(user.id())).await;
+        for team in own_workspace_teams(&memberships, now) {
+            let own = state.backend.workspaces(&team, Some(user.id())).await;
             all.extend(own.map_err(|e| backend_error(e, None))?);
         }
         return Ok(all);

@@ -1,7 +1,8 @@
 // A user's whole way to a desktop, against the portal on the real test cluster: sign in, create a
-// workspace through the form, watch "My workspaces" until it shows Running, open the desktop view
-// and wait until noVNC is connected through the portal's proxy; then screenshot the page and
-// measure the canvas. Driven by portal/tests/browser_cluster.rs.
+// workspace through the form, watch "My workspaces" until it shows Running (the row's phase is
+// updated in place by server-sent events; the page must not reload), open the desktop view and
+// wait until noVNC is connected through the portal's proxy; then screenshot the page and measure
+// the canvas. Driven by portal/tests/browser_cluster.rs.
 //
 // Environment: PORTAL_URL, EMAIL, PASSWORD, TEAM, TEMPLATE, NAME, SCREENSHOT; EXPECT_PANEL=1 waits
 // for a desktop panel (XFCE's) to be drawn, not just any picture.
@@ -9,7 +10,8 @@
 // (a real Xvnc behind websockify) is annotated on the Workspace; the desktop view is opened only
 // after that line AND the Running phase, whichever comes last.
 // stdout: progress lines, then one JSON result line:
-// { connected, phases, width, height, distinctColours, mean, screenshot, problems } or { connected: false, error }.
+// { connected, phases, reloaded, width, height, distinctColours, mean, screenshot, problems }
+// or { connected: false, error }.
 import { launch, signIn, waitForDesktop } from './chromium.mjs';
 import { createInterface } from 'node:readline';
 
@@ -37,9 +39,11 @@ try {
   await page.fill('input[name=name]', NAME);
   await Promise.all([page.waitForURL(`${PORTAL_URL}/`), page.click('form[action="/workspaces"] button[type=submit]')]);
   step('workspace created');
+  // A mark on this document: gone if the page is reloaded.
+  await page.evaluate(() => { window.deskpodFirstLoad = true; });
 
-  // Watch the list (it polls the API every 2 s) until the workspace shows Running, noting each
-  // phase it shows on the way.
+  // Watch the list (its script follows the server-sent events) until the workspace shows
+  // Running, noting each phase it shows on the way.
   const row = page.locator(`[data-workspace="${TEAM}/${NAME}"]`);
   const phase = row.locator('[data-field=phase]');
   const deadline = Date.now() + RUNNING_WITHIN_MS;
@@ -59,7 +63,8 @@ try {
   }
   const open = row.locator('a[data-when=ready]');
   await open.waitFor({ state: 'visible', timeout: 10_000 });
-  step(`running after phases ${phases.join(' -> ')}`);
+  const reloaded = !(await page.evaluate(() => window.deskpodFirstLoad === true));
+  step(`running after phases ${phases.join(' -> ')}${reloaded ? ' (the page was reloaded)' : ', updated in place'}`);
 
   let timer;
   await Promise.race([
@@ -73,7 +78,7 @@ try {
   await Promise.all([page.waitForURL(`${PORTAL_URL}/workspaces/${TEAM}/${NAME}/desktop`), open.click()]);
   const stats = await waitForDesktop(page, SCREENSHOT, { panel: process.env.EXPECT_PANEL === '1' });
   step('noVNC connected, desktop drawn');
-  const result = { connected: true, phases, ...stats, screenshot: SCREENSHOT, problems };
+  const result = { connected: true, phases, reloaded, ...stats, screenshot: SCREENSHOT, problems };
   console.log(JSON.stringify(result));
 } catch (error) {
   console.log(JSON.stringify({ connected: false, phases, error: String(error), problems }));

@@ -11,7 +11,7 @@ mod invites;
 mod me;
 pub mod openapi;
 mod tokens;
-mod workspaces;
+pub(crate) mod workspaces;
 
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
@@ -31,6 +31,7 @@ pub fn router() -> Router<AppState> {
         .merge(invites::router())
         .merge(audit::router())
         .merge(workspaces::router())
+        .merge(super::events::router())
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found);
     Router::new().nest("/api/v1", v1).merge(openapi::router())

@@ -111,6 +111,7 @@ pub fn document() -> Value {
                     }
                 })))
             },
+            "/api/v1/workspaces/events": { "get": events_operation() },
             "/api/v1/workspaces/{team}/{name}": {
                 "parameters": workspace_path.clone(),
                 "get": operation("One workspace", Some("workspaces:read"), None),
@@ -146,6 +147,22 @@ pub fn document() -> Value {
             }
         }
     })
+}
+
+/// The live status stream: server-sent events rather than one JSON answer.
+fn events_operation() -> Value {
+    let mut op = operation(
+        "Live status of my workspaces as server-sent events: `event: workspace` (a workspace as \
+         GET /api/v1/workspaces shows it; first for each, then whenever it changes), `event: removed` \
+         (`{\"team\", \"name\"}`), and a `:heartbeat` comment every 15 s. The stream ends when the session does.",
+        Some("workspaces:read"),
+        None,
+    );
+    op["responses"]["200"] = json!({
+        "description": "An endless stream of events",
+        "content": { "text/event-stream": { "schema": { "type": "string" } } }
+    });
+    op
 }
 
 /// `op` with an optional query parameter.
