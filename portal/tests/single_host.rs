@@ -40,27 +40,7 @@ impl Host {
     async fn new() -> Self {
         let store = SqliteStore::open_in_memory().unwrap();
         let backend = DockerBackend::connect(store.clone()).await.expect("a Docker Engine (images/setup-docker)");
-        let template = WorkspaceTemplateSpec {
-            display_name: "Python".into(),
-            description: None,
-            image: IMAGE.into(),
-            image_pull_policy: None,
-            protocol: DesktopProtocol::Novnc,
-            port: 6901,
-            home_path: None,
-            resources: TemplateResources {
-                cpu_request: None,
-                cpu_limit: Some(Quantity("1".into())),
-                memory_request: None,
-                memory_limit: Some(Quantity("1Gi".into())),
-            },
-            home_size: None,
-            shm_size: Some(Quantity("256Mi".into())),
-            gpus: 0,
-            env: vec![],
-            idle_timeout: None,
-        };
-        backend.put_template("python", template).await.unwrap();
+        backend.put_template("python", python_template()).await.unwrap();
         let names = backend.names().clone();
         Self { backend: Arc::new(backend), store, names, teams: vec![] }
     }
@@ -103,6 +83,30 @@ impl Host {
     /// The desktop's address, from the backend.
     async fn address(&self, team: &str, name: &str) -> std::net::SocketAddr {
         self.backend.desktop(team, name).await.unwrap().expect("a running desktop").address
+    }
+}
+
+/// The `python` template: the Python desktop with 1 CPU and 1Gi.
+fn python_template() -> WorkspaceTemplateSpec {
+    WorkspaceTemplateSpec {
+        display_name: "Python".into(),
+        description: None,
+        image: IMAGE.into(),
+        image_pull_policy: None,
+        protocol: DesktopProtocol::Novnc,
+        port: 6901,
+        home_path: None,
+        resources: TemplateResources {
+            cpu_request: None,
+            cpu_limit: Some(Quantity("1".into())),
+            memory_request: None,
+            memory_limit: Some(Quantity("1Gi".into())),
+        },
+        home_size: None,
+        shm_size: Some(Quantity("256Mi".into())),
+        gpus: 0,
+        env: vec![],
+        idle_timeout: None,
     }
 }
 
@@ -257,6 +261,13 @@ async fn bad_names_and_unknown_templates_are_refused_and_create_nothing() {
     }
     let refused = host.create("no-such-team", "dev", "python").await.unwrap_err();
     assert!(matches!(refused, BackendError::NotFound(_)), "{refused:?}");
+    // A template whose image was never built here: said so, and nothing is left behind.
+    let mut unbuilt = python_template();
+    unbuilt.image = "deskpod/never-built:latest".into();
+    host.backend.put_template("unbuilt", unbuilt).await.unwrap();
+    let refused = host.create(&team, "dev", "unbuilt").await.unwrap_err();
+    assert!(refused.to_string().contains("deskpod/never-built:latest is not on this host"), "{refused:?}");
+    assert!(!exists("volume", &host.names.volume(&team, "dev")));
     assert!(host.backend.workspaces(&team, None).await.unwrap().is_empty());
     assert_eq!(docker(&["ps", "-aq", "--filter", &format!("label=deskpod.io/team={team}")]).trim(), "");
 }

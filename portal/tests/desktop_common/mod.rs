@@ -271,7 +271,9 @@ impl Xvnc {
         }
         for _ in 0..20 {
             let display = 100 + (free_port() % 400);
-            if Path::new(&format!("/tmp/.X{display}-lock")).exists() {
+            if Path::new(&format!("/tmp/.X{display}-lock")).exists()
+                || Path::new(&format!("/tmp/.X11-unix/X{display}")).exists()
+            {
                 continue;
             }
             let rfb_port = free_port();
@@ -293,7 +295,20 @@ impl Xvnc {
         }
         panic!("no free X display for Xtigervnc");
     }
+}
 
+/// Killed Xvnc leaves its lock file and socket behind, and a later Xvnc refuses that display:
+/// remove them once it is gone.
+impl Drop for Xvnc {
+    fn drop(&mut self) {
+        let _ = self.process.0.kill();
+        let _ = self.process.0.wait();
+        let _ = std::fs::remove_file(format!("/tmp/.X{}-lock", self.display));
+        let _ = std::fs::remove_file(format!("/tmp/.X11-unix/X{}", self.display));
+    }
+}
+
+impl Xvnc {
     /// Paints the root window a solid colour (so a screenshot cannot be blank by accident).
     pub fn paint(&self, colour: &str) {
         require_tools(&["/usr/bin/xsetroot"]);

@@ -80,8 +80,9 @@ struct Inner {
     names: container::Names,
     /// Held from a quota decision until its row is written.
     admission: tokio::sync::Mutex<()>,
-    /// Held while a team network is looked up and created.
-    networks: tokio::sync::Mutex<()>,
+    /// Teams whose network exists (it is never removed while the portal runs); held while one is
+    /// looked up and created.
+    networks: tokio::sync::Mutex<HashSet<String>>,
     /// Desktops (by container id) whose banner arrived, or that are being watched for it.
     ready: Mutex<HashMap<String, Readiness>>,
     /// Wakes the reconciler.
@@ -128,7 +129,7 @@ impl DockerBackend {
             db: Db::new(store),
             names: container::Names::new(&instance),
             admission: tokio::sync::Mutex::new(()),
-            networks: tokio::sync::Mutex::new(()),
+            networks: tokio::sync::Mutex::new(HashSet::new()),
             ready: Mutex::new(HashMap::new()),
             wake: Notify::new(),
         });
@@ -389,8 +390,8 @@ impl Inner {
         }
         let inner = Arc::clone(self);
         tokio::spawn(async move {
-            let url = deskpod_images::probe::websocket_url(&ip.to_string());
-            let answered = answers_within(&url, READY_TIMEOUT).await;
+            let port = deskpod_images::catalogue::desktop::VNC_PORT;
+            let answered = answers_within(SocketAddr::new(ip, port), READY_TIMEOUT).await;
             let mut ready = inner.ready.lock().unwrap_or_else(PoisonError::into_inner);
             match answered {
                 Ok(()) => {
@@ -454,7 +455,6 @@ impl Inner {
         };
         let (team, desired) = self.resolve(&row).await?;
         let footprint = Footprint::of(&desired).map_err(BackendError::Invalid)?;
-        self.require_image(&desired.image).await?;
         {
             let _decision = self.admission.lock().await;
             if self.db.workspace(&new.team, &new.name).await.map_err(store_failed)?.is_some() {
@@ -473,18 +473,11 @@ impl Inner {
             self.db.remove_workspace(&row.team, &row.name).await.map_err(store_failed)?;
             return Err(error);
         }
-        let mut views = self.views(std::slice::from_ref(&row), Some(&row.team)).await?;
-        Ok(views.remove(0))
-    }
-
-    async fn require_image(&self, image: &str) -> BackendResult<()> {
-        match self.docker.inspect_image(image).await {
-            Ok(_) => Ok(()),
-            Err(e) if is_status(&e, 404) => Err(BackendError::Unavailable(format!(
-                "the image {image} is not on this host; build it with `cargo run -p deskpod-images -- build`"
-            ))),
-            Err(e) => Err(docker_failed("looking up the desktop image", e)),
-        }
+        // Just started: its desktop is on its way (the readiness watch reports when it answers).
+        Ok(view(&row, None, false)).map(|mut view| {
+            (view.phase, view.message) = (Phase::Starting, Some("starting the desktop".into()));
+            view
+        })
     }
 
     async fn start(self: &Arc<Self>, team: &str, name: &str) -> BackendResult<()> {
@@ -553,6 +546,17 @@ impl Inner {
         match self.docker.create_container(Some(options), body).await {
             Ok(_) => {}
             Err(e) if is_status(&e, 409) => {}
+            Err(e) if is_status(&e, 404) && e.to_string().contains("image") => {
+                return Err(BackendError::Unavailable(format!(
+                    "the image {} is not on this host; build it with `cargo run -p deskpod-images -- build`",
+                    desired.image
+                )));
+            }
+            Err(e) if is_status(&e, 404) => {
+                // The team network went away behind the portal's back: make it again next time.
+                self.networks.lock().await.remove(&row.team);
+                return Err(docker_failed("creating the desktop container", e));
+            }
             Err(e) => return Err(docker_failed("creating the desktop container", e)),
         }
         match self.docker.start_container(&name, None).await {
@@ -575,18 +579,24 @@ impl Inner {
     }
 
     /// Creates the team's network unless it exists. Docker accepts two networks of the same name
-    /// (and then cannot tell them apart), so this looks first, one caller at a time.
+    /// (and then cannot tell them apart), so this looks first, one caller at a time, and
+    /// remembers what it found.
     async fn ensure_network(&self, team: &str) -> BackendResult<()> {
-        let _one_at_a_time = self.networks.lock().await;
+        let mut known = self.networks.lock().await;
+        if known.contains(team) {
+            return Ok(());
+        }
         match self.docker.inspect_network(&self.names.network(team), None).await {
-            Ok(_) => return Ok(()),
-            Err(e) if is_status(&e, 404) => {}
+            Ok(_) => {}
+            Err(e) if is_status(&e, 404) => {
+                self.docker
+                    .create_network(container::network(&self.names, team))
+                    .await
+                    .map_err(|e| docker_failed("creating the team network", e))?;
+            }
             Err(e) => return Err(docker_failed("looking up the team network", e)),
         }
-        self.docker
-            .create_network(container::network(&self.names, team))
-            .await
-            .map_err(|e| docker_failed("creating the team network", e))?;
+        known.insert(team.to_owned());
         Ok(())
     }
 
@@ -737,21 +747,29 @@ impl Inner {
     }
 }
 
-/// Waits until the desktop at `url` sends its RFB banner. Attempts are cheap while nothing
-/// listens (the connection is refused at once), so they follow each other closely: the user
-/// waits for this.
-async fn answers_within(url: &str, timeout: Duration) -> Result<(), String> {
+/// Waits until the desktop at `address` sends its RFB banner on its websocket. While nothing
+/// listens, a connection is refused by the kernel at once and costs nothing, so those attempts
+/// follow each other closely; once something listens, each attempt is a websocket handshake that
+/// websockify (Python) spends CPU on while the desktop starts, so those are spaced more.
+async fn answers_within(address: SocketAddr, timeout: Duration) -> Result<(), String> {
     const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
-    const BETWEEN_ATTEMPTS: Duration = Duration::from_millis(5);
+    const WHILE_REFUSED: Duration = Duration::from_millis(5);
+    const WHILE_STARTING: Duration = Duration::from_millis(15);
+    let url = deskpod_images::probe::websocket_url(&address.ip().to_string());
     let deadline = tokio::time::Instant::now() + timeout;
     let mut last_error = String::from("no attempt");
     while tokio::time::Instant::now() < deadline {
-        match tokio::time::timeout(ATTEMPT_TIMEOUT, deskpod_images::probe::read_rfb_banner(url)).await {
+        if let Err(error) = tokio::net::TcpStream::connect(address).await {
+            last_error = error.to_string();
+            tokio::time::sleep(WHILE_REFUSED).await;
+            continue;
+        }
+        match tokio::time::timeout(ATTEMPT_TIMEOUT, deskpod_images::probe::read_rfb_banner(&url)).await {
             Ok(Ok(_)) => return Ok(()),
             Ok(Err(error)) => last_error = error,
             Err(_) => last_error = format!("no banner within {ATTEMPT_TIMEOUT:?}"),
         }
-        tokio::time::sleep(BETWEEN_ATTEMPTS).await;
+        tokio::time::sleep(WHILE_STARTING).await;
     }
     Err(format!("no RFB banner within {timeout:?}: {last_error}"))
 }
