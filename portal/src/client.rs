@@ -98,8 +98,46 @@ impl ApiClient {
 
     /// Sends a request and returns the JSON answer (`null` for 204).
     pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> ClientResult<Value> {
+        let response = self.send(method, path, body).await?;
+        let status = response.status();
+        let bytes = response.into_body().collect().await.map_err(|e| self.unreachable(e.to_string()))?.to_bytes();
+        let value: Value =
+            if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
+        if status.is_success() {
+            return Ok(value);
+        }
+        let message = value["error"].as_str().map(String::from).unwrap_or_else(|| format!("HTTP {status}"));
+        let field = value["field"].as_str().map(String::from);
+        Err(ClientError::Api { status: status.as_u16(), message, field })
+    }
+
+    /// Sends a GET and returns the answer's body as it arrives (a log that is still being
+    /// written); an error status is read whole and returned as [`ClientError::Api`].
+    pub async fn stream(&self, path: &str) -> ClientResult<impl futures::Stream<Item = ClientResult<Bytes>> + use<'_>> {
+        let response = self.send(Method::GET, path, None).await?;
+        if !response.status().is_success() {
+            let status = response.status();
+            let bytes = response.into_body().collect().await.map_err(|e| self.unreachable(e.to_string()))?.to_bytes();
+            let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let message = value["error"].as_str().map(String::from).unwrap_or_else(|| format!("HTTP {status}"));
+            return Err(ClientError::Api { status: status.as_u16(), message, field: None });
+        }
+        let body = http_body_util::BodyStream::new(response.into_body());
+        Ok(futures::StreamExt::filter_map(body, move |frame| {
+            std::future::ready(match frame {
+                Ok(frame) => frame.into_data().ok().map(Ok),
+                Err(e) => Some(Err(self.unreachable(e.to_string()))),
+            })
+        }))
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> ClientResult<hyper::Response<hyper::body::Incoming>> {
         let url = format!("{}{path}", self.credentials.url);
-        let unreachable = |detail: String| ClientError::Unreachable { url: self.credentials.url.clone(), detail };
         let bearer = HeaderValue::from_str(&format!("Bearer {}", self.credentials.token))
             .map_err(|_| ClientError::Usage("the token holds characters a header cannot".into()))?;
         let mut request = hyper::Request::builder().method(method).uri(&url).header(AUTHORIZATION, bearer);
@@ -111,17 +149,11 @@ impl ApiClient {
             None => Bytes::new(),
         };
         let request = request.body(Full::new(payload)).map_err(|e| ClientError::Usage(format!("{url}: {e}")))?;
-        let response = self.http.request(request).await.map_err(|e| unreachable(e.to_string()))?;
-        let status = response.status();
-        let bytes = response.into_body().collect().await.map_err(|e| unreachable(e.to_string()))?.to_bytes();
-        let value: Value =
-            if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
-        if status.is_success() {
-            return Ok(value);
-        }
-        let message = value["error"].as_str().map(String::from).unwrap_or_else(|| format!("HTTP {status}"));
-        let field = value["field"].as_str().map(String::from);
-        Err(ClientError::Api { status: status.as_u16(), message, field })
+        self.http.request(request).await.map_err(|e| self.unreachable(e.to_string()))
+    }
+
+    fn unreachable(&self, detail: String) -> ClientError {
+        ClientError::Unreachable { url: self.credentials.url.clone(), detail }
     }
 }
 

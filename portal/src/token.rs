@@ -41,12 +41,20 @@ pub enum Scope {
     TokensWrite,
     /// Read the audit log (admins only).
     AuditRead,
+    /// Submit, follow and cancel CI agents (`deskpod agent run`).
+    AgentsRun,
 }
 
 impl Scope {
     /// Every scope, in the order pages list them.
-    pub const ALL: [Scope; 5] =
-        [Scope::WorkspacesRead, Scope::WorkspacesWrite, Scope::InvitesWrite, Scope::TokensWrite, Scope::AuditRead];
+    pub const ALL: [Scope; 6] = [
+        Scope::WorkspacesRead,
+        Scope::WorkspacesWrite,
+        Scope::InvitesWrite,
+        Scope::TokensWrite,
+        Scope::AuditRead,
+        Scope::AgentsRun,
+    ];
 
     /// The scope's name, e.g. `workspaces:read`.
     pub fn as_str(self) -> &'static str {
@@ -56,6 +64,7 @@ impl Scope {
             Self::InvitesWrite => "invites:write",
             Self::TokensWrite => "tokens:write",
             Self::AuditRead => "audit:read",
+            Self::AgentsRun => "agents:run",
         }
     }
 
@@ -72,6 +81,7 @@ impl Scope {
             Self::InvitesWrite => "invite people to teams you lead",
             Self::TokensWrite => "create and revoke your API tokens",
             Self::AuditRead => "read the audit log (admins)",
+            Self::AgentsRun => "submit, follow and cancel CI agents",
         }
     }
 }

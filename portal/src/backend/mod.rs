@@ -7,6 +7,7 @@
 //! call the backend. The backend validates what only it can know (the template exists, the team's
 //! quota admits the workspace) and answers with [`BackendError`]s whose messages users read.
 
+pub mod agent;
 pub mod docker;
 pub mod invite;
 pub mod kubernetes;
@@ -156,6 +157,37 @@ pub trait Backend: MembershipSource {
     fn desktop<'a>(&'a self, team: &'a str, name: &'a str) -> BoxFuture<'a, BackendResult<Option<DesktopEndpoint>>>;
     /// Records the user's last keyboard or pointer input, for idle culling. Callers throttle.
     fn record_input<'a>(&'a self, team: &'a str, name: &'a str, at: Timestamp) -> BoxFuture<'a, BackendResult<()>>;
+    /// Submits a CI agent: it starts when the team has room, and waits in the team's queue
+    /// (first come, first served) until then.
+    fn create_agent(&self, new: agent::NewAgent) -> BoxFuture<'_, BackendResult<agent::AgentView>> {
+        let _ = new;
+        unsupported("CI agents")
+    }
+    /// The agents of a team, oldest first.
+    fn agents<'a>(&'a self, team: &'a str) -> BoxFuture<'a, BackendResult<Vec<agent::AgentView>>> {
+        let _ = team;
+        unsupported("CI agents")
+    }
+    fn agent<'a>(&'a self, team: &'a str, name: &'a str) -> BoxFuture<'a, BackendResult<Option<agent::AgentView>>> {
+        let _ = (team, name);
+        unsupported("CI agents")
+    }
+    /// What the agent's job wrote; with `follow`, also what it writes until it ends (waiting
+    /// while it is queued).
+    fn agent_logs<'a>(
+        &'a self,
+        team: &'a str,
+        name: &'a str,
+        follow: bool,
+    ) -> BoxFuture<'a, BackendResult<agent::LogStream>> {
+        let _ = (team, name, follow);
+        unsupported("CI agents")
+    }
+    /// Stops the agent if it runs and removes it, queued, running or finished.
+    fn delete_agent<'a>(&'a self, team: &'a str, name: &'a str) -> BoxFuture<'a, BackendResult<()>> {
+        let _ = (team, name);
+        unsupported("CI agents")
+    }
     /// Makes `member` a member of `team` as [`invite::members_with`] says (appended, or given
     /// the role and expiry; a lead stays a lead), without losing a concurrent change to the
     /// team. Answers once [`MembershipSource::memberships`] shows the change.
@@ -167,6 +199,11 @@ pub trait Backend: MembershipSource {
 pub struct Unconfigured;
 
 const UNCONFIGURED: &str = "no workspace backend is configured";
+
+/// What a backend answers for something it does not offer.
+fn unsupported<'a, T: Send + 'a>(what: &str) -> BoxFuture<'a, BackendResult<T>> {
+    Box::pin(std::future::ready(Err(BackendError::Unavailable(format!("{what}: not offered by this backend")))))
+}
 
 fn unavailable<'a, T: Send + 'a>() -> BoxFuture<'a, BackendResult<T>> {
     Box::pin(std::future::ready(Err(BackendError::Unavailable(UNCONFIGURED.into()))))

@@ -36,6 +36,9 @@ enum Command {
     /// List, create, start, stop and delete workspaces.
     #[command(subcommand)]
     Workspaces(WorkspaceCommand),
+    /// Run CI jobs in ephemeral agents.
+    #[command(subcommand)]
+    Agent(AgentCommand),
     /// Invite someone to a team (team leads): prints the one-time link.
     Invite {
         #[arg(long)]
@@ -76,9 +79,60 @@ enum WorkspaceCommand {
     Delete { team: String, name: String },
 }
 
+#[derive(Subcommand)]
+enum AgentCommand {
+    /// Run a command in a fresh agent of the team: waits in the team's queue while the team is
+    /// full, prints the job's output as it comes, exits with the job's exit code (124 when it ran
+    /// past its deadline, 125 when it could not run) and removes the agent. Ctrl-C cancels it.
+    Run {
+        #[arg(long)]
+        team: String,
+        /// The image to run (or --template).
+        #[arg(long, required_unless_present = "template", conflicts_with = "template")]
+        image: Option<String>,
+        /// A workspace template whose image to run.
+        #[arg(long)]
+        template: Option<String>,
+        /// The agent's name; one is made when not given.
+        #[arg(long)]
+        name: Option<String>,
+        /// An environment variable for the job, NAME=VALUE; repeat for more.
+        #[arg(long = "env", value_name = "NAME=VALUE")]
+        env: Vec<String>,
+        /// Stop the job when it has run this long, e.g. 30m.
+        #[arg(long)]
+        deadline: Option<String>,
+        /// The command and its arguments (after --); the image's own when left out.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// The team's agents you may see: phase, queue position, exit code.
+    List {
+        #[arg(long)]
+        team: String,
+    },
+    /// Stop and remove an agent.
+    Cancel { team: String, name: String },
+}
+
+/// The exit code of a job that ran past its deadline (as timeout(1) uses).
+const TIMED_OUT: u8 = 124;
+/// The exit code when the job could not run at all (as docker run uses).
+const COULD_NOT_RUN: u8 = 125;
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run(Cli::parse().command).await {
+    let command = Cli::parse().command;
+    if let Command::Agent(AgentCommand::Run { team, image, template, name, env, deadline, command }) = command {
+        return match agent_run(AgentRun { team, image, template, name, env, deadline, command }).await {
+            Ok(code) => ExitCode::from(code),
+            Err(error) => {
+                eprintln!("deskpod: {error}");
+                ExitCode::from(COULD_NOT_RUN)
+            }
+        };
+    }
+    match run(command).await {
         Ok(output) => {
             if !output.is_empty() {
                 println!("{output}");
@@ -175,10 +229,117 @@ async fn run(command: Command) -> ClientResult<String> {
             api.call(Method::DELETE, &workspace_path(&team, &name), None).await?;
             Ok(format!("workspace {team}/{name} deleted"))
         }
+        Command::Agent(AgentCommand::List { team }) => {
+            let list = api.call(Method::GET, &format!("/api/v1/agents?team={team}"), None).await?;
+            let rows: Vec<Vec<String>> = list["agents"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|a| {
+                    vec![
+                        text(&a["name"]),
+                        text(&a["owner"]),
+                        text(&a["phase"]),
+                        text(&a["queuePosition"]),
+                        text(&a["exitCode"]),
+                        text(&a["image"]),
+                    ]
+                })
+                .collect();
+            Ok(table(&["NAME", "OWNER", "PHASE", "QUEUE", "EXIT", "IMAGE"], &rows))
+        }
+        Command::Agent(AgentCommand::Cancel { team, name }) => {
+            api.call(Method::DELETE, &format!("/api/v1/agents/{team}/{name}"), None).await?;
+            Ok(format!("agent {team}/{name} stopped and removed"))
+        }
+        Command::Agent(AgentCommand::Run { .. }) => unreachable!("handled in main"),
         Command::Invite { team, email, role, template, expires } => {
             let body = json!({ "team": team, "email": email, "role": role, "template": template, "access_expires_at": expires });
             let invite = api.call(Method::POST, "/api/v1/invites", Some(&body)).await?;
             Ok(format!("invite link (works once; send it privately): {}", text(&invite["url"])))
         }
     }
+}
+
+/// What `deskpod agent run` was asked.
+struct AgentRun {
+    team: String,
+    image: Option<String>,
+    template: Option<String>,
+    name: Option<String>,
+    env: Vec<String>,
+    deadline: Option<String>,
+    command: Vec<String>,
+}
+
+/// Submits the job, streams its output to standard output, and returns its exit code once it has
+/// ended and the agent is removed.
+async fn agent_run(run: AgentRun) -> ClientResult<u8> {
+    use futures::StreamExt;
+    use std::io::Write;
+    let api = ApiClient::new(credentials()?)?;
+    let mut env = serde_json::Map::new();
+    for pair in &run.env {
+        let (name, value) = pair
+            .split_once('=')
+            .ok_or_else(|| ClientError::Usage(format!("--env {pair:?}: write it as NAME=VALUE")))?;
+        env.insert(name.to_owned(), Value::String(value.to_owned()));
+    }
+    let mut body = json!({ "team": run.team, "env": env });
+    for (key, value) in
+        [("name", run.name), ("image", run.image), ("template", run.template), ("deadline", run.deadline)]
+    {
+        if let Some(value) = value {
+            body[key] = Value::String(value);
+        }
+    }
+    if !run.command.is_empty() {
+        body["command"] = json!(run.command);
+    }
+    let agent = api.call(Method::POST, "/api/v1/agents", Some(&body)).await?;
+    let name = text(&agent["name"]);
+    let path = format!("/api/v1/agents/{}/{name}", run.team);
+    if let Some(position) = agent["queuePosition"].as_u64() {
+        eprintln!(
+            "deskpod: agent {}/{name} is queued ({position} in the team's queue); it starts when the team has room",
+            run.team
+        );
+    }
+
+    let follow = async {
+        let mut logs = api.stream(&format!("{path}/logs?follow=true")).await?;
+        let mut out = std::io::stdout().lock();
+        while let Some(chunk) = logs.next().await {
+            out.write_all(&chunk?).map_err(|e| ClientError::Usage(e.to_string()))?;
+            out.flush().map_err(|e| ClientError::Usage(e.to_string()))?;
+        }
+        ClientResult::Ok(())
+    };
+    let interrupted = tokio::select! {
+        followed = follow => { followed?; false }
+        _ = tokio::signal::ctrl_c() => true,
+    };
+    if interrupted {
+        api.call(Method::DELETE, &path, None).await?;
+        eprintln!("deskpod: interrupted; agent {}/{name} stopped and removed", run.team);
+        return Ok(130);
+    }
+    // The log ends when the job does; the status says how.
+    let finished = loop {
+        let agent = api.call(Method::GET, &path, None).await?;
+        if matches!(agent["phase"].as_str(), Some("Succeeded" | "Failed" | "TimedOut")) {
+            break agent;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    api.call(Method::DELETE, &path, None).await?;
+    let code = match (finished["phase"].as_str(), finished["exitCode"].as_i64()) {
+        (Some("TimedOut"), _) => TIMED_OUT,
+        (_, Some(code)) => u8::try_from(code.clamp(0, 255)).unwrap_or(1),
+        _ => COULD_NOT_RUN,
+    };
+    if code != 0 {
+        eprintln!("deskpod: agent {}/{name}: {} ({})", run.team, text(&finished["phase"]), text(&finished["message"]));
+    }
+    Ok(code)
 }

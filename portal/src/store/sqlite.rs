@@ -113,6 +113,25 @@ CREATE TABLE docker_workspaces (
     PRIMARY KEY (team, name)
 ) STRICT;
 "#,
+    r#"
+-- Single-host CI agents (backend/docker/agents.rs): the controller's CiAgentSpec as JSON and what
+-- became of the job. seq orders each team's queue (first come, first served).
+CREATE TABLE docker_agents (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    team        TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    owner       TEXT NOT NULL,
+    spec        TEXT NOT NULL,
+    image       TEXT NOT NULL,
+    phase       TEXT NOT NULL CHECK (phase IN ('Queued', 'Starting', 'Running', 'Succeeded', 'Failed', 'TimedOut')),
+    exit_code   INTEGER,
+    message     TEXT,
+    created_at  INTEGER NOT NULL,
+    started_at  INTEGER,
+    finished_at INTEGER,
+    UNIQUE (team, name)
+) STRICT;
+"#,
 ];
 
 /// The SQLite [`Store`].

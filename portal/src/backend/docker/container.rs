@@ -24,6 +24,8 @@ pub const MANAGED_BY: &str = "deskpod-portal";
 pub const INSTANCE_LABEL: &str = "deskpod.io/instance";
 /// The team a container, volume or network belongs to.
 pub const TEAM_LABEL: &str = "deskpod.io/team";
+/// The CI agent a container runs.
+pub const AGENT_LABEL: &str = "deskpod.io/agent";
 /// The workspace a container or volume belongs to.
 pub const WORKSPACE_LABEL: &str = "deskpod.io/workspace";
 
@@ -67,6 +69,18 @@ impl Names {
     /// team's desktops (Docker isolates bridge networks from each other).
     pub fn network(&self, team: &str) -> String {
         format!("deskpod-{}.{team}", self.instance)
+    }
+
+    /// The container of a CI agent.
+    pub fn agent(&self, team: &str, agent: &str) -> String {
+        format!("deskpod-{}-agent.{team}.{agent}", self.instance)
+    }
+
+    /// The labels of a CI agent's container.
+    pub fn agent_labels(&self, team: &str, agent: &str) -> HashMap<String, String> {
+        let mut labels = self.labels(team, None);
+        labels.insert(AGENT_LABEL.to_owned(), agent.to_owned());
+        labels
     }
 
     fn labels(&self, team: &str, workspace: Option<&str>) -> HashMap<String, String> {

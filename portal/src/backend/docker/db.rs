@@ -305,3 +305,161 @@ impl Db {
 fn to_json_now<T: Serialize>(value: &T) -> Result<String> {
     to_json(value).map_err(|source| crate::Error::Store { step: "encoding an object", source: source.into() })
 }
+
+/// A CI agent as the backend records it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentRow {
+    /// The team queue's order.
+    pub seq: i64,
+    pub team: String,
+    pub name: String,
+    pub owner: String,
+    pub spec: deskpod_controller::api::CiAgentSpec,
+    /// The image resolved at submission.
+    pub image: String,
+    pub phase: deskpod_controller::api::CiAgentPhase,
+    pub exit_code: Option<i32>,
+    pub message: Option<String>,
+    pub created_at: Timestamp,
+    pub started_at: Option<Timestamp>,
+    pub finished_at: Option<Timestamp>,
+}
+
+/// What changes when an agent moves on; `None` keeps the recorded value.
+#[derive(Clone, Debug, Default)]
+pub struct AgentUpdate {
+    pub exit_code: Option<i32>,
+    pub message: Option<String>,
+    pub started_at: Option<Timestamp>,
+    pub finished_at: Option<Timestamp>,
+}
+
+const AGENT_COLUMNS: &str =
+    "seq, team, name, owner, spec, image, phase, exit_code, message, created_at, started_at, finished_at";
+
+fn phase_text(phase: deskpod_controller::api::CiAgentPhase) -> String {
+    serde_json::to_value(phase).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+}
+
+fn agent_from_row(row: &Row<'_>) -> rusqlite::Result<AgentRow> {
+    let time = |i: usize| -> rusqlite::Result<Option<Timestamp>> {
+        Ok(row.get::<_, Option<i64>>(i)?.and_then(|s| Timestamp::from_second(s).ok()))
+    };
+    Ok(AgentRow {
+        seq: row.get(0)?,
+        team: row.get(1)?,
+        name: row.get(2)?,
+        owner: row.get(3)?,
+        spec: from_json(&row.get::<_, String>(4)?)?,
+        image: row.get(5)?,
+        phase: from_json(&format!("{:?}", row.get::<_, String>(6)?))?,
+        exit_code: row.get(7)?,
+        message: row.get(8)?,
+        created_at: time(9)?.unwrap_or(Timestamp::UNIX_EPOCH),
+        started_at: time(10)?,
+        finished_at: time(11)?,
+    })
+}
+
+impl Db {
+    /// Records a new agent, Queued, at the end of its team's queue; a taken name is
+    /// [`crate::Error::Conflict`].
+    pub async fn insert_agent(&self, agent: &AgentRow) -> Result<()> {
+        let spec = to_json_now(&agent.spec)?;
+        let (team, name, owner, image) =
+            (agent.team.clone(), agent.name.clone(), agent.owner.clone(), agent.image.clone());
+        let (phase, created_at) = (phase_text(agent.phase), agent.created_at.as_second());
+        self.store
+            .run("recording a CI agent", move |conn| {
+                conn.execute(
+                    "INSERT INTO docker_agents (team, name, owner, spec, image, phase, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![team, name, owner, spec, image, phase, created_at],
+                )
+                .map(drop)
+            })
+            .await
+    }
+
+    /// Agents, of one team or all, in queue order.
+    pub async fn agents(&self, team: Option<&str>) -> Result<Vec<AgentRow>> {
+        let team = team.map(str::to_owned);
+        self.store
+            .run("reading CI agents", move |conn| {
+                let mut stmt = conn.prepare(&format!(
+                    "SELECT {AGENT_COLUMNS} FROM docker_agents WHERE (?1 IS NULL OR team = ?1) ORDER BY seq"
+                ))?;
+                let rows = stmt.query_map(params![team], agent_from_row)?;
+                rows.collect()
+            })
+            .await
+    }
+
+    pub async fn agent(&self, team: &str, name: &str) -> Result<Option<AgentRow>> {
+        let (team, name) = (team.to_owned(), name.to_owned());
+        self.store
+            .run("reading a CI agent", move |conn| {
+                conn.query_row(
+                    &format!("SELECT {AGENT_COLUMNS} FROM docker_agents WHERE team = ?1 AND name = ?2"),
+                    params![team, name],
+                    agent_from_row,
+                )
+                .optional()
+            })
+            .await
+    }
+
+    /// Moves an agent to `phase` if it is in one of `from`; whether it was.
+    pub async fn move_agent(
+        &self,
+        team: &str,
+        name: &str,
+        from: &[deskpod_controller::api::CiAgentPhase],
+        phase: deskpod_controller::api::CiAgentPhase,
+        update: AgentUpdate,
+    ) -> Result<bool> {
+        let (team, name) = (team.to_owned(), name.to_owned());
+        let from: Vec<String> = from.iter().map(|p| phase_text(*p)).collect();
+        let phase = phase_text(phase);
+        self.store
+            .run("updating a CI agent", move |conn| {
+                let current: Option<String> = conn
+                    .query_row(
+                        "SELECT phase FROM docker_agents WHERE team = ?1 AND name = ?2",
+                        params![team, name],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if !current.is_some_and(|c| from.contains(&c)) {
+                    return Ok(false);
+                }
+                conn.execute(
+                    "UPDATE docker_agents SET phase = ?3,
+                         exit_code = COALESCE(?4, exit_code), message = COALESCE(?5, message),
+                         started_at = COALESCE(?6, started_at), finished_at = COALESCE(?7, finished_at)
+                     WHERE team = ?1 AND name = ?2",
+                    params![
+                        team,
+                        name,
+                        phase,
+                        update.exit_code,
+                        update.message,
+                        update.started_at.map(|t| t.as_second()),
+                        update.finished_at.map(|t| t.as_second()),
+                    ],
+                )?;
+                Ok(true)
+            })
+            .await
+    }
+
+    pub async fn remove_agent(&self, team: &str, name: &str) -> Result<bool> {
+        let (team, name) = (team.to_owned(), name.to_owned());
+        self.store
+            .run("removing a CI agent", move |conn| {
+                conn.execute("DELETE FROM docker_agents WHERE team = ?1 AND name = ?2", params![team, name])
+                    .map(|n| n > 0)
+            })
+            .await
+    }
+}

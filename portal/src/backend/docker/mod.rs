@@ -19,6 +19,7 @@
 //!   unknown to the database), finishes deletions, and stops desktops idle past their template's
 //!   `idleTimeout`. Home volumes are only ever removed by deleting their workspace.
 
+mod agents;
 pub mod container;
 mod db;
 pub mod quota;
@@ -47,6 +48,7 @@ use tokio::task::JoinHandle;
 pub use self::container::Footprint;
 use self::db::{Db, Filter, WorkspaceRow};
 use self::quota::{Ask, Usage};
+use super::agent::{AgentView, LogStream, NewAgent};
 use super::invite::members_with;
 use super::views::{memberships_in, team_view, template_view, validate_workspace_name};
 use super::{
@@ -87,6 +89,10 @@ struct Inner {
     ready: Mutex<HashMap<String, Readiness>>,
     /// Wakes the reconciler.
     wake: Notify,
+    /// Told whenever a CI agent starts or ends (log followers of queued agents wait for it).
+    agent_changed: Notify,
+    /// The CI agents (team, name) whose job some task of this process waits for.
+    job_waiters: Mutex<HashSet<(String, String)>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,6 +138,8 @@ impl DockerBackend {
             networks: tokio::sync::Mutex::new(HashSet::new()),
             ready: Mutex::new(HashMap::new()),
             wake: Notify::new(),
+            agent_changed: Notify::new(),
+            job_waiters: Mutex::new(HashSet::new()),
         });
         let reconciler = tokio::spawn(Inner::reconcile_forever(Arc::clone(&inner)));
         Ok(Self { inner, reconciler })
@@ -731,6 +739,7 @@ impl Inner {
                 tracing::warn!(%team, workspace = %name, %error, "reconciler: could not remove a container");
             }
         }
+        self.reconcile_agents().await;
         // Forget readiness of containers that are gone.
         let live: HashSet<&str> = containers.values().map(|c| c.id.as_str()).collect();
         self.ready.lock().unwrap_or_else(PoisonError::into_inner).retain(|id, _| live.contains(id.as_str()));
@@ -887,6 +896,26 @@ impl Backend for DockerBackend {
             }
             Ok(())
         })
+    }
+
+    fn create_agent(&self, new: NewAgent) -> BoxFuture<'_, BackendResult<AgentView>> {
+        Box::pin(self.inner.create_agent(new))
+    }
+
+    fn agents<'a>(&'a self, team: &'a str) -> BoxFuture<'a, BackendResult<Vec<AgentView>>> {
+        Box::pin(self.inner.agents(team))
+    }
+
+    fn agent<'a>(&'a self, team: &'a str, name: &'a str) -> BoxFuture<'a, BackendResult<Option<AgentView>>> {
+        Box::pin(self.inner.agent(team, name))
+    }
+
+    fn agent_logs<'a>(&'a self, team: &'a str, name: &'a str, follow: bool) -> BoxFuture<'a, BackendResult<LogStream>> {
+        Box::pin(self.inner.agent_logs(team, name, follow))
+    }
+
+    fn delete_agent<'a>(&'a self, team: &'a str, name: &'a str) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(self.inner.delete_agent(team, name))
     }
 }
 

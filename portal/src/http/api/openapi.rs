@@ -67,7 +67,7 @@ pub fn document() -> Value {
                     "properties": {
                         "name": { "type": "string", "maxLength": 64 },
                         "scopes": { "type": "array", "items": { "type": "string",
-                            "enum": ["workspaces:read", "workspaces:write", "invites:write", "tokens:write", "audit:read"] } },
+                            "enum": ["workspaces:read", "workspaces:write", "invites:write", "tokens:write", "audit:read", "agents:run"] } },
                         "expires_in_days": { "type": "integer", "minimum": 1, "maximum": 365 }
                     }
                 })))
@@ -129,6 +129,40 @@ pub fn document() -> Value {
             "/api/v1/teams/{team}": {
                 "parameters": path_params(&["team"]),
                 "get": operation("A team: members, quota used and hard", Some("workspaces:read"), None)
+            },
+            "/api/v1/agents": {
+                "get": with_query(
+                    operation("A team's CI agents I may see, in queue order", Some("agents:run"), None),
+                    "team",
+                    json!({ "type": "string" })
+                ),
+                "post": operation("Submit a CI job; it waits in the team's queue while the team is full", Some("agents:run"), Some(json!({
+                    "type": "object", "additionalProperties": false, "required": ["team"],
+                    "properties": {
+                        "team": { "type": "string" },
+                        "name": { "type": "string", "pattern": "^[a-z]([a-z0-9-]*[a-z0-9])?$", "maxLength": 40 },
+                        "image": { "type": "string", "description": "exactly one of image and template" },
+                        "template": { "type": "string" },
+                        "command": { "type": "array", "items": { "type": "string" }, "minItems": 1 },
+                        "args": { "type": "array", "items": { "type": "string" } },
+                        "env": { "type": "object", "additionalProperties": { "type": "string" } },
+                        "deadline": { "type": "string", "description": "a duration such as 30m" },
+                        "ttlAfterFinished": { "type": "string", "description": "a duration such as 1h" }
+                    }
+                })))
+            },
+            "/api/v1/agents/{team}/{name}": {
+                "parameters": path_params(&["team", "name"]),
+                "get": operation("One CI agent: phase, queue position, exit code", Some("agents:run"), None),
+                "delete": operation("Cancel (stop) and remove a CI agent", Some("agents:run"), None)
+            },
+            "/api/v1/agents/{team}/{name}/logs": {
+                "parameters": path_params(&["team", "name"]),
+                "get": with_query(
+                    operation("The job's output (text/plain); with follow=true, streamed until it ends", Some("agents:run"), None),
+                    "follow",
+                    json!({ "type": "boolean" })
+                )
             }
         },
         "components": {
