@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use deskpod_controller::agent::{self, reconcile::AgentSettings};
 use deskpod_controller::gateway::ParentReference;
 use deskpod_controller::metrics::Metrics;
 use deskpod_controller::team::{reconcile, render::TeamSettings};
@@ -29,7 +30,7 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out_dir: Option<PathBuf>,
     },
-    /// Reconcile Teams and Workspaces (uses the in-cluster config or $KUBECONFIG).
+    /// Reconcile Teams, Workspaces and CiAgents (uses the in-cluster config or $KUBECONFIG).
     Run {
         /// Namespaces always allowed to reach team pods (the portal's, the ingress controller's).
         #[arg(long = "trusted-namespace", value_name = "NAMESPACE", default_value = "deskpod-system")]
@@ -41,6 +42,10 @@ enum Command {
         /// The replica's identity is $POD_NAME, else $HOSTNAME, plus the process id.
         #[arg(long, value_name = "NAMESPACE/NAME", value_parser = parse_lease)]
         leader_elect: Option<(String, String)>,
+        /// How long a finished CI agent (and its pod's logs) is kept when it sets no
+        /// ttlAfterFinished, such as 30m or 1h.
+        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = deskpod_controller::duration::parse)]
+        ci_agent_ttl: std::time::Duration,
         #[command(flatten)]
         route: Box<RouteArgs>,
     },
@@ -111,8 +116,9 @@ impl RouteArgs {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crd { out_dir } => print_crds(out_dir),
-        Command::Run { trusted_namespaces, admin_listen, leader_elect, route } => {
-            run(trusted_namespaces, admin_listen, leader_elect, route.settings()).await
+        Command::Run { trusted_namespaces, admin_listen, leader_elect, ci_agent_ttl, route } => {
+            let agents = AgentSettings { default_ttl: ci_agent_ttl };
+            run(trusted_namespaces, admin_listen, leader_elect, route.settings(), agents).await
         }
     }
 }
@@ -122,6 +128,7 @@ async fn run(
     admin_listen: std::net::SocketAddr,
     leader_elect: Option<(String, String)>,
     route: RouteSettings,
+    agents: AgentSettings,
 ) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
@@ -140,10 +147,11 @@ async fn run(
 
     let controller_client = client.clone();
     let controllers = async move {
-        tracing::info!("deskpod-controller reconciling Teams and Workspaces");
+        tracing::info!("deskpod-controller reconciling Teams, Workspaces and CiAgents");
         tokio::join!(
             reconcile::run(controller_client.clone(), TeamSettings { trusted_namespaces }, metrics.clone()),
-            workspace::reconcile::run(controller_client, route, metrics)
+            workspace::reconcile::run(controller_client.clone(), route, metrics.clone()),
+            agent::reconcile::run(controller_client, agents, metrics)
         );
     };
     match leader_elect {

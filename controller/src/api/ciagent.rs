@@ -9,6 +9,12 @@ use super::{EnvVar, TemplateResources, schema};
 
 /// One CI job's agent: a pod that runs a command (or a Jenkins inbound agent) to completion and is
 /// removed after its TTL. When the team's quota is full the agent waits in a FIFO queue.
+///
+/// The controller gives the agent one pod, `<name>-agent`, once the team has room: at most
+/// `quota.ciAgents` agent pods of a team run at once, and the team's ResourceQuota (pods, CPU,
+/// memory) must admit the pod. Until then the agent is `Queued`, first come first served
+/// (ordered by creation time, then name). Annotations of the CiAgent are copied to its pod.
+/// Deleting the CiAgent cancels the job: its pod goes with it.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "deskpod.io",
@@ -25,16 +31,18 @@ use super::{EnvVar, TemplateResources, schema};
     printcolumn(name = "Exit", type_ = "integer", json_path = ".status.exitCode"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
-#[x_kube(validation = Rule::new("has(self.image) != has(self.template)").message("set exactly one of image or template"))]
+#[x_kube(validation = Rule::new("has(self.image) != has(self.template) || (has(self.jenkins) && !has(self.image) && !has(self.template))").message("set exactly one of image or template (a Jenkins agent may set neither: it runs deskpod/ci-agent:latest)"))]
 #[x_kube(validation = Rule::new("!(has(self.jenkins) && has(self.command))").message("jenkins mode runs the inbound agent; command must not be set"))]
 #[x_kube(validation = Rule::new("self == oldSelf").message("a CI agent's spec cannot change once submitted"))]
 #[serde(rename_all = "camelCase")]
 pub struct CiAgentSpec {
-    /// Container image to run.
+    /// Container image to run. A Jenkins agent without image or template runs
+    /// `deskpod/ci-agent:latest`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     pub image: Option<String>,
-    /// Or a WorkspaceTemplate whose image to run.
+    /// Or a WorkspaceTemplate whose image to run (with its pull policy, environment and, unless
+    /// `resources` is set, its resources).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub template: Option<String>,
@@ -53,14 +61,17 @@ pub struct CiAgentSpec {
     /// Run a Jenkins inbound agent instead of a command.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jenkins: Option<JenkinsInbound>,
-    /// CPU and memory for the job.
+    /// CPU and memory for the job. A limit left unset takes the request's value; the team's
+    /// per-agent maximums (`limits.maxCpu`, `limits.maxMemory`) apply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<TemplateResources>,
-    /// The job is stopped and marked TimedOut when it has run this long.
+    /// The job is stopped and marked TimedOut when this long has passed since its pod was created
+    /// (time spent in the queue does not count).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::duration")]
     pub deadline: Option<String>,
-    /// How long the finished agent (and its logs) is kept before it is removed.
+    /// How long the finished agent (and its pod's logs) is kept before both are removed; the
+    /// controller's default (`--ci-agent-ttl`, 1h) when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::duration")]
     pub ttl_after_finished: Option<String>,
@@ -110,6 +121,13 @@ pub enum CiAgentPhase {
     TimedOut,
 }
 
+impl CiAgentPhase {
+    /// Succeeded, Failed or TimedOut: the agent never runs again and is removed after its TTL.
+    pub fn is_finished(self) -> bool {
+        matches!(self, CiAgentPhase::Succeeded | CiAgentPhase::Failed | CiAgentPhase::TimedOut)
+    }
+}
+
 /// What the controller last saw of a CI agent.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -120,7 +138,10 @@ pub struct CiAgentStatus {
     /// 1 for the next agent to start in this team, while Queued.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_position: Option<i32>,
-    /// The job's exit code once it finished.
+    /// The agent's pod, once it has one (`kubectl logs <podName>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+    /// The job's exit code once it finished (not set when it was stopped).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
     /// When the job started running.
@@ -135,7 +156,8 @@ pub struct CiAgentStatus {
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Conditions following the Kubernetes conventions.
+    /// Conditions following the Kubernetes conventions: `Admitted` says whether the agent has its
+    /// pod, or why it waits (`AgentLimit`, `QuotaExceeded`) or cannot run.
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

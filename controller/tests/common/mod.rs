@@ -230,3 +230,24 @@ impl TeamFixture {
             .expect("delete template");
     }
 }
+
+/// Starts the Team and CiAgent controllers as a fresh user bound only to the chart's ClusterRole
+/// (see [`start_controllers`]); returns the running task and that user's client, to restart them.
+pub async fn start_agent_controllers(ns: &TestNamespace) -> (tokio::task::JoinHandle<()>, Client) {
+    let client = controller_client(ns).await;
+    (spawn_agent_controllers(client.clone()), client)
+}
+
+/// Starts the Team and CiAgent controllers with `client`, as a fresh process would.
+pub fn spawn_agent_controllers(client: Client) -> tokio::task::JoinHandle<()> {
+    use deskpod_controller::agent;
+
+    let settings = TeamSettings { trusted_namespaces: vec!["deskpod-system".into()] };
+    let metrics = Metrics::register(&mut Registry::default());
+    tokio::spawn(async move {
+        tokio::join!(
+            reconcile::run(client.clone(), settings, metrics.clone()),
+            agent::reconcile::run(client, agent::reconcile::AgentSettings::default(), metrics)
+        );
+    })
+}

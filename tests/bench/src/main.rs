@@ -8,7 +8,11 @@
 //! - the controller's API requests, counted by the API server's audit log (user = the
 //!   controller's), per workspace, by verb and resource;
 //! - the controller's peak resident memory (VmHWM) and its CPU time while nothing changes.
+//!
+//! `deskpod-bench agents` (see [`agents`]) measures the CI agent queue the same way.
 #![forbid(unsafe_code)]
+
+mod agents;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
@@ -40,6 +44,8 @@ struct Cli {
 enum Command {
     /// Creates many Workspaces across several Teams and measures how the controller copes.
     Workspaces(WorkspacesArgs),
+    /// Submits many CiAgents at once, then a chain through a full team, and times their pods.
+    Agents(agents::AgentsArgs),
 }
 
 #[derive(clap::Args)]
@@ -83,6 +89,7 @@ const TEMPLATE: &str = "bench-desktop";
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Workspaces(args) => workspaces(args).await,
+        Command::Agents(args) => agents::agents(args).await,
     }
 }
 
