@@ -47,6 +47,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use tracing::Instrument;
 
+use super::agent::{AgentView, LogStream, NewAgent};
 use super::invite::members_with;
 pub use super::views::{MAX_WORKSPACE_NAME_LEN, memberships_in, validate_workspace_name};
 use super::views::{team_view, template_view};
@@ -152,6 +153,11 @@ impl KubernetesBackend {
                 CACHE_SYNC_TIMEOUT.as_secs()
             ))),
         }
+    }
+
+    /// The client this backend talks to the API server with.
+    pub(super) fn client(&self) -> Client {
+        self.client.clone()
     }
 
     fn cached_team(&self, team: &str) -> Option<std::sync::Arc<Team>> {
@@ -521,6 +527,28 @@ impl Backend for KubernetesBackend {
 
     fn add_member<'a>(&'a self, team: &'a str, member: TeamMember) -> BoxFuture<'a, BackendResult<()>> {
         Box::pin(async move { KubernetesBackend::add_member(self, team, &member).await })
+    }
+
+    fn create_agent(&self, new: NewAgent) -> BoxFuture<'_, BackendResult<AgentView>> {
+        Box::pin(self.submit_agent(new))
+    }
+
+    fn agents<'a>(&'a self, team: &'a str) -> BoxFuture<'a, BackendResult<Vec<AgentView>>> {
+        Box::pin(self.list_agents(team))
+    }
+
+    fn agent<'a>(&'a self, team: &'a str, name: &'a str) -> BoxFuture<'a, BackendResult<Option<AgentView>>> {
+        Box::pin(async move {
+            Ok(self.get_agent(team, name).await?.map(|a| super::kubernetes_agents::agent_view(team, &a)))
+        })
+    }
+
+    fn agent_logs<'a>(&'a self, team: &'a str, name: &'a str, follow: bool) -> BoxFuture<'a, BackendResult<LogStream>> {
+        Box::pin(self.agent_log_stream(team, name, follow))
+    }
+
+    fn delete_agent<'a>(&'a self, team: &'a str, name: &'a str) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(self.remove_agent(team, name))
     }
 }
 

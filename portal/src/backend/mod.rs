@@ -11,6 +11,7 @@ pub mod agent;
 pub mod docker;
 pub mod invite;
 pub mod kubernetes;
+pub mod kubernetes_agents;
 pub mod views;
 
 use std::collections::BTreeMap;

@@ -316,7 +316,13 @@ async fn agent_run(run: AgentRun) -> ClientResult<u8> {
         ClientResult::Ok(())
     };
     let interrupted = tokio::select! {
-        followed = follow => { followed?; false }
+        followed = follow => {
+            // No log (the node keeps none, or the stream broke) is no reason to lose the result.
+            if let Err(error) = followed {
+                eprintln!("deskpod: the job's output is not available: {error}");
+            }
+            false
+        }
         _ = tokio::signal::ctrl_c() => true,
     };
     if interrupted {

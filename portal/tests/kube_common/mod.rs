@@ -34,7 +34,7 @@ impl Drop for Controllers {
     }
 }
 
-/// Starts the real Team and Workspace controllers (as cluster admin).
+/// Starts the real Team, Workspace and CiAgent controllers (as cluster admin).
 pub fn start_controllers(client: Client) -> Controllers {
     let route = RouteSettings {
         base_domain: "desk.test".into(),
@@ -48,9 +48,11 @@ pub fn start_controllers(client: Client) -> Controllers {
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Metrics::register(&mut registry);
     Controllers(tokio::spawn(async move {
+        let agents = deskpod_controller::agent::reconcile::AgentSettings::default();
         tokio::join!(
             deskpod_controller::team::reconcile::run(client.clone(), settings, metrics.clone()),
-            deskpod_controller::workspace::reconcile::run(client, route, metrics)
+            deskpod_controller::workspace::reconcile::run(client.clone(), route, metrics.clone()),
+            deskpod_controller::agent::reconcile::run(client, agents, metrics)
         );
     }))
 }

@@ -1,0 +1,74 @@
+//! CI agents on the Kubernetes backend, against the real test cluster and the real controllers:
+//! `deskpod agent run` submits a CiAgent through the portal, the controller gives it a pod, the
+//! job ends with exit code 3 (kwok ends the pod when it carries `kwok.deskpod.io/exit-code`,
+//! which the test sets on the pod as a kubelet would report the exit), and the command exits 3 and
+//! leaves no CiAgent behind.
+
+mod common;
+mod kube_common;
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use axum::http::Method;
+use common::Browser;
+use deskpod_controller::api::CiAgent;
+use deskpod_testsupport::wait_for;
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube_common::{Fixture, ONE_CONTROLLER, WAIT};
+use serde_json::json;
+
+#[tokio::test]
+async fn agent_run_on_the_cluster_exits_with_the_jobs_code_and_removes_the_agent() {
+    let _one = ONE_CONTROLLER.lock().await;
+    let f = Fixture::new("portal-agents", 2, false).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = f.portal.app().into_make_service_with_connect_info::<SocketAddr>();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let mut alice = Browser::signed_in(&f.portal, &f.alice).await;
+    let csrf = alice.session_csrf(&f.portal).await;
+    let body = json!({ "name": "ci", "scopes": ["agents:run"] }).to_string();
+    let created = alice.api(&f.portal, Method::POST, "/api/v1/tokens", Some(&csrf), Some(&body)).await;
+    let token = created.json()["secret"].as_str().expect("the secret, shown once").to_string();
+
+    let cli = tokio::process::Command::new(env!("CARGO_BIN_EXE_deskpod"))
+        .args(["agent", "run", "--team", &f.team, "--image", "deskpod/ci-agent:latest", "--name", "build"])
+        .args(["--", "sh", "-c", "exit 3"])
+        .env("DESKPOD_URL", &url)
+        .env("DESKPOD_TOKEN", &token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    // The controller gives the agent its pod; the job exits 3 there.
+    let agents: Api<CiAgent> = Api::namespaced(f.client(), &format!("team-{}", f.team));
+    let agent = wait_for(&agents, "build", "a pod", WAIT, |a: Option<&CiAgent>| {
+        a.and_then(|a| a.status.as_ref()).and_then(|s| s.pod_name.clone()).is_some()
+    })
+    .await
+    .expect("the agent gets a pod");
+    assert_eq!(agent.annotations().get("deskpod.io/owner"), Some(&f.alice), "the submitter is recorded");
+    let pod = agent.status.unwrap().pod_name.unwrap();
+    let pods: Api<Pod> = Api::namespaced(f.client(), &format!("team-{}", f.team));
+    let exit = json!({ "metadata": { "annotations": { "kwok.deskpod.io/exit-code": "3" } } });
+    pods.patch(&pod, &PatchParams::default(), &Patch::Merge(&exit)).await.unwrap();
+
+    let output = tokio::time::timeout(Duration::from_secs(60), cli.wait_with_output())
+        .await
+        .expect("deskpod agent run ends")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("Failed"), "{stderr}");
+    // The command deleted the agent before it exited.
+    assert!(agents.get_opt("build").await.unwrap().is_none(), "the agent is removed");
+    server.abort();
+    f.delete().await;
+}
