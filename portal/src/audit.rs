@@ -32,6 +32,12 @@ pub enum AuditAction {
     InviteCreate,
     /// Accepting an invite.
     InviteAccept,
+    /// Creating or changing a team (platform admins).
+    TeamPut,
+    /// Creating or changing a workspace template (platform admins).
+    TemplatePut,
+    /// Deleting a workspace template (platform admins).
+    TemplateDelete,
 }
 
 impl AuditAction {
@@ -46,6 +52,9 @@ impl AuditAction {
             Self::TokenRevoke => "token.revoke",
             Self::InviteCreate => "invite.create",
             Self::InviteAccept => "invite.accept",
+            Self::TeamPut => "team.put",
+            Self::TemplatePut => "template.put",
+            Self::TemplateDelete => "template.delete",
         }
     }
 }

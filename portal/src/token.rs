@@ -41,18 +41,21 @@ pub enum Scope {
     TokensWrite,
     /// Read the audit log (admins only).
     AuditRead,
+    /// Read and change teams and templates (admins only).
+    AdminWrite,
     /// Submit, follow and cancel CI agents (`deskpod agent run`).
     AgentsRun,
 }
 
 impl Scope {
     /// Every scope, in the order pages list them.
-    pub const ALL: [Scope; 6] = [
+    pub const ALL: [Scope; 7] = [
         Scope::WorkspacesRead,
         Scope::WorkspacesWrite,
         Scope::InvitesWrite,
         Scope::TokensWrite,
         Scope::AuditRead,
+        Scope::AdminWrite,
         Scope::AgentsRun,
     ];
 
@@ -64,6 +67,7 @@ impl Scope {
             Self::InvitesWrite => "invites:write",
             Self::TokensWrite => "tokens:write",
             Self::AuditRead => "audit:read",
+            Self::AdminWrite => "admin:write",
             Self::AgentsRun => "agents:run",
         }
     }
@@ -81,8 +85,14 @@ impl Scope {
             Self::InvitesWrite => "invite people to teams you lead",
             Self::TokensWrite => "create and revoke your API tokens",
             Self::AuditRead => "read the audit log (admins)",
+            Self::AdminWrite => "read and change teams and templates (admins)",
             Self::AgentsRun => "submit, follow and cancel CI agents",
         }
+    }
+
+    /// Whether only platform admins may hold the scope.
+    pub fn admins_only(self) -> bool {
+        matches!(self, Self::AuditRead | Self::AdminWrite)
     }
 }
 
@@ -195,8 +205,10 @@ pub async fn create(
             missing.as_str()
         )));
     }
-    if scopes.contains(&Scope::AuditRead) && !actor.user.is_admin() {
-        return Err(Error::invalid("scopes", "audit:read is for admins only"));
+    if let Some(scope) = scopes.iter().find(|scope| scope.admins_only())
+        && !actor.user.is_admin()
+    {
+        return Err(Error::invalid("scopes", format!("{} is for admins only", scope.as_str())));
     }
     let days = request.expires_in_days.unwrap_or(DEFAULT_LIFETIME_DAYS);
     if !(1..=MAX_LIFETIME_DAYS).contains(&days) {

@@ -19,15 +19,21 @@
 //! - **Input** for idle culling is recorded in the Workspace annotation
 //!   [`LAST_ACTIVITY_ANNOTATION`] (RFC 3339) with a merge patch.
 //!
-//! The portal needs, cluster-wide: get/list/watch Teams and WorkspaceTemplates; get/list/create/
-//! patch/delete Workspaces; get Services and Secrets in team namespaces.
+//! - **Administration** (teams and templates, for platform admins) is server-side apply with
+//!   [`FIELD_MANAGER`], forced; the API server's schema and CEL rules decide, and their refusal is
+//!   passed on in their own words. A template is deleted only when no Workspace uses it.
+//!
+//! The portal needs, cluster-wide: get/list/watch Teams and WorkspaceTemplates (and patch them,
+//! delete WorkspaceTemplates, for the admin pages); get/list/create/patch/delete Workspaces; get
+//! Services and Secrets in team namespaces.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use deskpod_controller::api::{
-    DesktopProtocol, HomeVolume, Team, TeamMember, Workspace, WorkspacePhase, WorkspaceSpec, WorkspaceTemplate,
+    DesktopProtocol, HomeVolume, Team, TeamMember, TeamSpec, Workspace, WorkspacePhase, WorkspaceSpec,
+    WorkspaceTemplate, WorkspaceTemplateSpec,
 };
 use deskpod_controller::quantity::{self, Milli};
 use deskpod_controller::workspace::idle::LAST_ACTIVITY_ANNOTATION;
@@ -433,6 +439,97 @@ pub fn view(team: &str, ws: &Workspace) -> WorkspaceView {
     }
 }
 
+/// Administration: Teams and WorkspaceTemplates written by server-side apply.
+impl KubernetesBackend {
+    /// Applies `spec` as the whole of what the portal manages in the object `name` (server-side
+    /// apply, [`FIELD_MANAGER`], forced). The API server validates (schema and CEL rules); its
+    /// refusal is [`BackendError::Invalid`] in its own words.
+    async fn apply<K, S>(&self, name: &str, spec: &S, what: &str) -> BackendResult<K>
+    where
+        K: kube::Resource<Scope = kube::core::ClusterResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        S: serde::Serialize,
+    {
+        validate_workspace_name(name)
+            .map_err(|e| BackendError::Invalid(e.replace("workspace", &K::kind(&()).to_lowercase())))?;
+        let object = json!({
+            "apiVersion": K::api_version(&()),
+            "kind": K::kind(&()),
+            "metadata": { "name": name },
+            "spec": spec,
+        });
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        match Api::<K>::all(self.client.clone()).patch(name, &params, &Patch::Apply(&object)).await {
+            Ok(applied) => Ok(applied),
+            Err(kube::Error::Api(status))
+                if status.is_invalid() || status.code == 400 || is_admission_refusal(&status) =>
+            {
+                Err(BackendError::Invalid(status.message))
+            }
+            Err(e) => Err(unavailable(what, e)),
+        }
+    }
+
+    /// Waits until the Team cache holds `applied` (or a later version), for at most
+    /// [`CACHE_WAIT`], so that the memberships it grants count at once.
+    async fn wait_until_team_cached(&self, applied: &Team) {
+        let deadline = tokio::time::Instant::now() + CACHE_WAIT;
+        let name = applied.name_any();
+        while self.cached_team(&name).is_none_or(|cached| cached.spec != applied.spec) {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(team = %name, "the Team cache has not seen the saved team yet");
+                return;
+            }
+            // The reflector applies the watch event within milliseconds.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// [`Backend::delete_template`]: refused while a Workspace in any team namespace uses it.
+    async fn delete_unused_template(&self, template: &str) -> BackendResult<()> {
+        let missing = || BackendError::NotFound(format!("there is no template {template}"));
+        if validate_workspace_name(template).is_err() {
+            return Err(missing());
+        }
+        let workspaces = Api::<Workspace>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| unavailable("listing workspaces", e))?;
+        let users: Vec<String> = workspaces
+            .items
+            .iter()
+            .filter(|ws| ws.spec.template == template && ws.metadata.deletion_timestamp.is_none())
+            .filter_map(|ws| {
+                let team = ws.namespace()?.strip_prefix("team-")?.to_owned();
+                Some(format!("{team}/{}", ws.name_any()))
+            })
+            .collect();
+        if !users.is_empty() {
+            return Err(template_in_use(template, &users));
+        }
+        match Api::<WorkspaceTemplate>::all(self.client.clone()).delete(template, &DeleteParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.is_not_found() => Err(missing()),
+            Err(e) => Err(unavailable("deleting a template", e)),
+        }
+    }
+}
+
+/// Why a template cannot be deleted: the workspaces (`team/name`) that use it, the first few named.
+fn template_in_use(template: &str, users: &[String]) -> BackendError {
+    const NAMED: usize = 5;
+    let mut named = users.iter().take(NAMED).cloned().collect::<Vec<_>>().join(", ");
+    if users.len() > NAMED {
+        named.push_str(&format!(" and {} more", users.len() - NAMED));
+    }
+    BackendError::Conflict(format!(
+        "template {template} is still used by {} workspace(s) ({named}); delete them first",
+        users.len()
+    ))
+}
+
 impl MembershipSource for KubernetesBackend {
     fn memberships<'a>(&'a self, user: &'a str) -> BoxFuture<'a, crate::Result<Vec<Membership>>> {
         let teams = self.teams.state();
@@ -527,6 +624,50 @@ impl Backend for KubernetesBackend {
 
     fn add_member<'a>(&'a self, team: &'a str, member: TeamMember) -> BoxFuture<'a, BackendResult<()>> {
         Box::pin(async move { KubernetesBackend::add_member(self, team, &member).await })
+    }
+
+    fn teams(&self) -> BoxFuture<'_, BackendResult<Vec<TeamView>>> {
+        let mut views: Vec<TeamView> = self.teams.state().iter().map(|t| team_view(t)).collect();
+        views.sort_by(|a, b| a.name.cmp(&b.name));
+        Box::pin(std::future::ready(Ok(views)))
+    }
+
+    fn team_spec<'a>(&'a self, team: &'a str) -> BoxFuture<'a, BackendResult<Option<TeamSpec>>> {
+        Box::pin(async move {
+            if validate_workspace_name(team).is_err() {
+                return Ok(None);
+            }
+            let found = Api::<Team>::all(self.client.clone()).get_opt(team).await;
+            Ok(found.map_err(|e| unavailable("reading a team", e))?.map(|t| t.spec))
+        })
+    }
+
+    fn template_spec<'a>(&'a self, template: &'a str) -> BoxFuture<'a, BackendResult<Option<WorkspaceTemplateSpec>>> {
+        Box::pin(async move {
+            if validate_workspace_name(template).is_err() {
+                return Ok(None);
+            }
+            let found = Api::<WorkspaceTemplate>::all(self.client.clone()).get_opt(template).await;
+            Ok(found.map_err(|e| unavailable("reading a template", e))?.map(|t| t.spec))
+        })
+    }
+
+    fn put_team<'a>(&'a self, team: &'a str, spec: TeamSpec) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(async move {
+            let applied: Team = self.apply(team, &spec, "saving a team").await?;
+            self.wait_until_team_cached(&applied).await;
+            Ok(())
+        })
+    }
+
+    fn put_template<'a>(&'a self, template: &'a str, spec: WorkspaceTemplateSpec) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(
+            async move { self.apply::<WorkspaceTemplate, _>(template, &spec, "saving a template").await.map(drop) },
+        )
+    }
+
+    fn delete_template<'a>(&'a self, template: &'a str) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(self.delete_unused_template(template))
     }
 
     fn create_agent(&self, new: NewAgent) -> BoxFuture<'_, BackendResult<AgentView>> {

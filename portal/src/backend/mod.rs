@@ -193,6 +193,54 @@ pub trait Backend: MembershipSource {
     /// the role and expiry; a lead stays a lead), without losing a concurrent change to the
     /// team. Answers once [`MembershipSource::memberships`] shows the change.
     fn add_member<'a>(&'a self, team: &'a str, member: TeamMember) -> BoxFuture<'a, BackendResult<()>>;
+
+    // Administration (platform admins only; the HTTP layer checks that). Backends that cannot
+    // administer teams and templates keep the defaults, which answer `Unavailable`.
+
+    /// Every team, with its quota in use.
+    fn teams(&self) -> BoxFuture<'_, BackendResult<Vec<TeamView>>> {
+        not_supported("listing teams")
+    }
+    /// The spec of `team` as stored, for the edit form; `None` when there is no such team.
+    fn team_spec<'a>(
+        &'a self,
+        _team: &'a str,
+    ) -> BoxFuture<'a, BackendResult<Option<deskpod_controller::api::TeamSpec>>> {
+        not_supported("reading a team's spec")
+    }
+    /// The spec of `template` as stored, for the edit form; `None` when there is no such template.
+    fn template_spec<'a>(
+        &'a self,
+        _template: &'a str,
+    ) -> BoxFuture<'a, BackendResult<Option<deskpod_controller::api::WorkspaceTemplateSpec>>> {
+        not_supported("reading a template's spec")
+    }
+    /// Creates or replaces a team. A spec the backend refuses (Kubernetes: the CRD's schema and
+    /// CEL rules) is [`BackendError::Invalid`] with what is wrong, and nothing is saved.
+    fn put_team<'a>(
+        &'a self,
+        _team: &'a str,
+        _spec: deskpod_controller::api::TeamSpec,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        not_supported("saving a team")
+    }
+    /// Creates or replaces a template; refusals as [`Backend::put_team`].
+    fn put_template<'a>(
+        &'a self,
+        _template: &'a str,
+        _spec: deskpod_controller::api::WorkspaceTemplateSpec,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        not_supported("saving a template")
+    }
+    /// Deletes a template; [`BackendError::Conflict`] naming them while workspaces use it.
+    fn delete_template<'a>(&'a self, _template: &'a str) -> BoxFuture<'a, BackendResult<()>> {
+        not_supported("deleting a template")
+    }
+}
+
+/// What a [`Backend`] method that a backend does not offer answers.
+fn not_supported<'a, T: Send + 'a>(what: &str) -> BoxFuture<'a, BackendResult<T>> {
+    Box::pin(std::future::ready(Err(BackendError::Unavailable(format!("{what} is not supported by this backend")))))
 }
 
 /// The backend of a portal that has none configured (identity-only tests): every workspace

@@ -84,7 +84,7 @@ async fn render(
         .collect();
     let scopes = Scope::ALL
         .into_iter()
-        .filter(|scope| *scope != Scope::AuditRead || user.user.is_admin())
+        .filter(|scope| !scope.admins_only() || user.user.is_admin())
         .map(|scope| ScopeOption {
             name: scope.as_str(),
             description: scope.description(),

@@ -1,6 +1,9 @@
 //! Pages for platform admins: `GET /admin/audit`, the audit log newest first (who did what to
 //! which object, how it ended, when and from where). Everyone else gets a 403 page; the header
 //! links the page for admins only ([`super::Nav`]). The same log is `GET /api/v1/audit` as JSON.
+//!
+//! Teams and templates have their own modules ([`super::admin_teams`], [`super::admin_templates`]);
+//! they share the admin check and the audit record written here.
 
 use askama::Template;
 use axum::Router;
@@ -16,13 +19,40 @@ use crate::auth::CurrentUser;
 use crate::authz::can_read_audit;
 use crate::error::Error;
 use crate::state::AppState;
-use crate::store::AuditRecord;
+use crate::store::{AuditRecord, Outcome};
 
 /// How many entries the page shows.
 pub const AUDIT_PAGE_ENTRIES: u32 = 200;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/admin/audit", get(audit_log))
+}
+
+/// Refuses everyone but active platform admins, saying what is for admins.
+pub(crate) fn require_admin(user: &CurrentUser, what: &str) -> Result<(), Error> {
+    if crate::authz::account_is_active(&user.user, Timestamp::now()) && user.user.is_admin() {
+        Ok(())
+    } else {
+        Err(Error::Forbidden(format!("{what} are for platform admins.")))
+    }
+}
+
+/// Records an admin change and how it ended: refusals of permission as `denied`, other errors as
+/// `failure`.
+pub(crate) async fn audit_change<T>(
+    state: &AppState,
+    user: &CurrentUser,
+    action: crate::audit::AuditAction,
+    object: &str,
+    remote: Option<std::net::IpAddr>,
+    result: &Result<T, Error>,
+) {
+    let outcome = match result {
+        Ok(_) => Outcome::Success,
+        Err(Error::Forbidden(_)) => Outcome::Denied,
+        Err(_) => Outcome::Failure,
+    };
+    crate::audit::record(state.store.as_ref(), user.id(), action, object, outcome, remote).await;
 }
 
 /// One audit entry as the page shows it.

@@ -7,7 +7,9 @@
 //! [`crate::Error`] (a JSON error).
 
 mod account;
-mod admin;
+pub(crate) mod admin;
+pub(crate) mod admin_teams;
+pub(crate) mod admin_templates;
 pub mod api;
 pub mod desktop;
 pub mod events;
@@ -42,6 +44,8 @@ pub fn app(state: AppState) -> Router {
         .merge(desktop::router())
         .merge(api::router())
         .merge(admin::router())
+        .merge(admin_teams::router())
+        .merge(admin_templates::router())
         .layer(middleware::map_response(security_headers))
         .with_state(state)
 }
@@ -86,7 +90,7 @@ async fn security_headers(mut response: Response) -> Response {
 pub struct Nav {
     pub display_name: String,
     pub csrf: String,
-    /// Whether to link the admin pages (the audit log).
+    /// Whether to link the admin pages (the audit log, teams, templates).
     pub is_admin: bool,
 }
 

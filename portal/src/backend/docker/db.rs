@@ -2,8 +2,9 @@
 //! by the store's migrations): teams and templates as the controller's objects in JSON, and one
 //! row per workspace with what its owner wants (`running`) and its VNC password.
 
-use deskpod_controller::api::{Team, WorkspaceTemplate};
+use deskpod_controller::api::{Team, TeamSpec, WorkspaceTemplate, WorkspaceTemplateSpec};
 use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use rusqlite::{OptionalExtension, Row, params};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -304,6 +305,242 @@ impl Db {
 /// JSON of an object, failing like a store error.
 fn to_json_now<T: Serialize>(value: &T) -> Result<String> {
     to_json(value).map_err(|source| crate::Error::Store { step: "encoding an object", source: source.into() })
+}
+
+/// How [`Db::delete_template`] ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TemplateDeletion {
+    Deleted,
+    NotFound,
+    /// Workspaces (`team/name`) still use it; nothing was deleted.
+    InUse(Vec<String>),
+}
+
+impl Db {
+    /// Deletes a template unless a workspace (not being deleted) uses it: one transaction, so a
+    /// workspace recorded meanwhile is either seen or not recorded yet.
+    pub async fn delete_template(&self, name: &str) -> Result<TemplateDeletion> {
+        let name = name.to_owned();
+        self.store
+            .run("deleting a template", move |conn| {
+                let tx = conn.transaction()?;
+                let users: Vec<String> = {
+                    let mut stmt = tx.prepare(
+                        "SELECT team || '/' || name FROM docker_workspaces
+                         WHERE template = ?1 AND NOT deleting ORDER BY team, name",
+                    )?;
+                    let rows = stmt.query_map([&name], |row| row.get(0))?;
+                    rows.collect::<rusqlite::Result<_>>()?
+                };
+                if !users.is_empty() {
+                    return Ok(TemplateDeletion::InUse(users));
+                }
+                let deleted = tx.execute("DELETE FROM docker_templates WHERE name = ?1", [&name])?;
+                tx.commit()?;
+                Ok(if deleted > 0 { TemplateDeletion::Deleted } else { TemplateDeletion::NotFound })
+            })
+            .await
+    }
+}
+
+/// Why a template cannot be deleted: the workspaces (`team/name`) that use it, the first few named.
+pub fn in_use_message(template: &str, users: &[String]) -> String {
+    const NAMED: usize = 5;
+    let mut named = users.iter().take(NAMED).cloned().collect::<Vec<_>>().join(", ");
+    if users.len() > NAMED {
+        named.push_str(&format!(" and {} more", users.len() - NAMED));
+    }
+    format!("template {template} is still used by {} workspace(s) ({named}); delete them first", users.len())
+}
+
+/// What the API server refuses in a Team on Kubernetes (the CRD's schema and CEL rules), checked
+/// before the single-host backend saves one: the message says what is wrong.
+pub fn validate_team(name: &str, spec: &TeamSpec) -> std::result::Result<(), String> {
+    validate_name("team", name)?;
+    if let Some(display_name) = &spec.display_name {
+        text("the display name", display_name, 1, 100)?;
+    }
+    let q = &spec.quota;
+    let l = &spec.limits;
+    for (what, value) in [
+        ("the CPU quota", &q.cpu),
+        ("the memory quota", &q.memory),
+        ("the storage quota", &q.storage),
+        ("the largest CPU limit", &l.max_cpu),
+        ("the largest memory limit", &l.max_memory),
+        ("the largest home size", &l.max_home_size),
+        ("the default CPU request", &l.default_cpu_request),
+        ("the default memory request", &l.default_memory_request),
+    ] {
+        quantity(what, value.as_ref())?;
+    }
+    for (what, value) in [
+        ("the GPU quota", q.gpus),
+        ("the pod quota", q.pods),
+        ("the workspace quota", q.workspaces),
+        ("the CI agent quota", q.ci_agents),
+        ("the CI agent queue", q.ci_agent_queue),
+    ] {
+        if let Some(n) = value.filter(|n| *n < 0) {
+            return Err(format!("{what} is {n}; it must be zero or more"));
+        }
+    }
+    if spec.members.len() > 500 {
+        return Err(format!("a team has at most 500 members, not {}", spec.members.len()));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for member in &spec.members {
+        if !looks_like_email(&member.user) {
+            return Err(format!("member {:?} is not an e-mail address such as ada@example.com", member.user));
+        }
+        if !seen.insert(member.user.to_ascii_lowercase()) {
+            return Err(format!("{} is listed twice among the members", member.user));
+        }
+    }
+    Ok(())
+}
+
+/// What the API server refuses in a WorkspaceTemplate on Kubernetes, checked before the
+/// single-host backend saves one; see [`validate_team`].
+pub fn validate_template(name: &str, spec: &WorkspaceTemplateSpec) -> std::result::Result<(), String> {
+    validate_name("template", name)?;
+    text("the display name", &spec.display_name, 1, 100)?;
+    if let Some(description) = &spec.description {
+        text("the description", description, 0, 1000)?;
+    }
+    text("the image", &spec.image, 1, 512)?;
+    if !(1..=65535).contains(&spec.port) {
+        return Err(format!("the port is {}; it must be from 1 to 65535", spec.port));
+    }
+    if let Some(path) = &spec.home_path
+        && (!path.starts_with('/') || path.contains("..") || path.chars().count() > 1024)
+    {
+        return Err(format!("the home path {path:?} must be an absolute path without '..'"));
+    }
+    let r = &spec.resources;
+    for (what, value) in [
+        ("the CPU request", &r.cpu_request),
+        ("the CPU limit", &r.cpu_limit),
+        ("the memory request", &r.memory_request),
+        ("the memory limit", &r.memory_limit),
+        ("the home size", &spec.home_size),
+        ("the shared memory size", &spec.shm_size),
+    ] {
+        quantity(what, value.as_ref())?;
+    }
+    if !(0..=16).contains(&spec.gpus) {
+        return Err(format!("a workspace gets 0 to 16 GPUs, not {}", spec.gpus));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for var in &spec.env {
+        let mut chars = var.name.chars();
+        let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && var.name.len() <= 128;
+        if !valid {
+            return Err(format!("{:?} is not a valid environment variable name", var.name));
+        }
+        if !seen.insert(var.name.as_str()) {
+            return Err(format!("the environment variable {} is set twice", var.name));
+        }
+    }
+    if let Some(timeout) = &spec.idle_timeout {
+        if timeout.len() > 32 {
+            return Err(format!("the idle timeout {timeout:?} is too long; write one such as 30m or 8h"));
+        }
+        deskpod_controller::duration::parse(timeout).map_err(|e| format!("the idle timeout: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The controller's rule for Deskpod object names, worded for `what`.
+fn validate_name(what: &str, name: &str) -> std::result::Result<(), String> {
+    super::super::views::validate_workspace_name(name).map_err(|e| e.replace("workspace", what))
+}
+
+fn text(what: &str, value: &str, min: usize, max: usize) -> std::result::Result<(), String> {
+    let chars = value.chars().count();
+    if min > 0 && value.trim().is_empty() {
+        return Err(format!("{what} must not be empty"));
+    }
+    if chars > max {
+        return Err(format!("{what} is {chars} characters long; it may have at most {max}"));
+    }
+    Ok(())
+}
+
+fn quantity(what: &str, value: Option<&Quantity>) -> std::result::Result<(), String> {
+    match value {
+        Some(q) => deskpod_controller::quantity::parse_quantity(q).map(drop).map_err(|e| format!("{what}: {e}")),
+        None => Ok(()),
+    }
+}
+
+/// Whether `user` looks like an e-mail address: `local@domain`, both parts present, no spaces,
+/// at most 253 characters (the CRD's limit).
+pub fn looks_like_email(user: &str) -> bool {
+    let Some((local, domain)) = user.split_once('@') else { return false };
+    !local.is_empty()
+        && !domain.is_empty()
+        && !domain.contains('@')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && user.len() <= 253
+        && !user.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+#[cfg(test)]
+mod validation_tests {
+    use deskpod_controller::api::{TeamMember, TeamQuota, TeamRole};
+    use rstest::rstest;
+
+    use super::*;
+
+    fn template() -> WorkspaceTemplateSpec {
+        serde_json::from_value(serde_json::json!({ "displayName": "Python", "image": "deskpod/python:latest" }))
+            .unwrap()
+    }
+
+    #[rstest]
+    #[case::fine("dev", |_: &mut WorkspaceTemplateSpec| {}, None)]
+    #[case::bad_name("Dev", |_: &mut WorkspaceTemplateSpec| {}, Some("not a valid template name"))]
+    #[case::blank_display_name("dev", |t: &mut WorkspaceTemplateSpec| t.display_name = " ".into(), Some("the display name must not be empty"))]
+    #[case::no_image("dev", |t: &mut WorkspaceTemplateSpec| t.image = String::new(), Some("the image must not be empty"))]
+    #[case::port_zero("dev", |t: &mut WorkspaceTemplateSpec| t.port = 0, Some("from 1 to 65535"))]
+    #[case::port_too_high("dev", |t: &mut WorkspaceTemplateSpec| t.port = 65536, Some("from 1 to 65535"))]
+    #[case::bad_cpu("dev", |t: &mut WorkspaceTemplateSpec| t.resources.cpu_limit = Some(Quantity("lots".into())), Some("the CPU limit: \"lots\" does not start with a number"))]
+    #[case::negative_memory("dev", |t: &mut WorkspaceTemplateSpec| t.shm_size = Some(Quantity("-1Gi".into())), Some("the shared memory size: \"-1Gi\" is negative"))]
+    #[case::bad_timeout("dev", |t: &mut WorkspaceTemplateSpec| t.idle_timeout = Some("2 hours".into()), Some("the idle timeout: \"2 hours\" is not a duration"))]
+    #[case::good_timeout("dev", |t: &mut WorkspaceTemplateSpec| t.idle_timeout = Some("1h30m".into()), None)]
+    fn templates(#[case] name: &str, #[case] change: fn(&mut WorkspaceTemplateSpec), #[case] refusal: Option<&str>) {
+        let mut spec = template();
+        change(&mut spec);
+        match (validate_template(name, &spec), refusal) {
+            (Ok(()), None) => {}
+            (Err(found), Some(expected)) => assert!(found.contains(expected), "{found}"),
+            (found, expected) => panic!("expected {expected:?}, got {found:?}"),
+        }
+    }
+
+    fn member(user: &str) -> TeamMember {
+        TeamMember { user: user.into(), role: TeamRole::Engineer, expires_at: None }
+    }
+
+    #[rstest]
+    #[case::fine("platform", TeamSpec { members: vec![member("ada@example.com")], ..TeamSpec::default() }, None)]
+    #[case::long_name(&"a".repeat(41), TeamSpec::default(), Some("a team name has at most 40"))]
+    #[case::empty_display_name("platform", TeamSpec { display_name: Some(String::new()), ..TeamSpec::default() }, Some("the display name must not be empty"))]
+    #[case::bad_memory("platform", TeamSpec { quota: TeamQuota { memory: Some(Quantity("16 GB".into())), ..TeamQuota::default() }, ..TeamSpec::default() }, Some("the memory quota: \"16 GB\" has an unknown suffix"))]
+    #[case::negative_workspaces("platform", TeamSpec { quota: TeamQuota { workspaces: Some(-1), ..TeamQuota::default() }, ..TeamSpec::default() }, Some("the workspace quota is -1"))]
+    #[case::not_an_email("platform", TeamSpec { members: vec![member("ada")], ..TeamSpec::default() }, Some("\"ada\" is not an e-mail address"))]
+    #[case::twice("platform", TeamSpec { members: vec![member("ada@example.com"), member("Ada@example.com")], ..TeamSpec::default() }, Some("listed twice"))]
+    fn teams(#[case] name: &str, #[case] spec: TeamSpec, #[case] refusal: Option<&str>) {
+        match (validate_team(name, &spec), refusal) {
+            (Ok(()), None) => {}
+            (Err(found), Some(expected)) => assert!(found.contains(expected), "{found}"),
+            (found, expected) => panic!("expected {expected:?}, got {found:?}"),
+        }
+    }
 }
 
 /// A CI agent as the backend records it.

@@ -813,6 +813,61 @@ impl MembershipSource for DockerBackend {
 }
 
 impl Backend for DockerBackend {
+    // Administration: what the API server would refuse on Kubernetes is refused here first
+    // (`db::validate_*`), and nothing is saved then. Team writes take the admission lock, as
+    // `add_member`'s read-modify-write does.
+    fn teams(&self) -> BoxFuture<'_, BackendResult<Vec<TeamView>>> {
+        Box::pin(async move {
+            let teams = self.inner.db.teams().await.map_err(store_failed)?;
+            let mut views = Vec::with_capacity(teams.len());
+            for mut object in teams {
+                let usage = self.inner.usage(object.metadata.name.as_deref().unwrap_or_default()).await?;
+                object.status = Some(quota::status(&object, usage));
+                views.push(team_view(&object));
+            }
+            Ok(views)
+        })
+    }
+
+    fn team_spec<'a>(&'a self, team: &'a str) -> BoxFuture<'a, BackendResult<Option<TeamSpec>>> {
+        Box::pin(async move { Ok(self.inner.db.team(team).await.map_err(store_failed)?.map(|t| t.spec)) })
+    }
+
+    fn template_spec<'a>(&'a self, template: &'a str) -> BoxFuture<'a, BackendResult<Option<WorkspaceTemplateSpec>>> {
+        Box::pin(async move { Ok(self.inner.db.template(template).await.map_err(store_failed)?.map(|t| t.spec)) })
+    }
+
+    fn put_team<'a>(&'a self, team: &'a str, spec: TeamSpec) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(async move {
+            db::validate_team(team, &spec).map_err(BackendError::Invalid)?;
+            let _change = self.inner.admission.lock().await;
+            DockerBackend::put_team(self, team, spec).await
+        })
+    }
+
+    fn put_template<'a>(&'a self, template: &'a str, spec: WorkspaceTemplateSpec) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(async move {
+            db::validate_template(template, &spec).map_err(BackendError::Invalid)?;
+            DockerBackend::put_template(self, template, spec).await
+        })
+    }
+
+    fn delete_template<'a>(&'a self, template: &'a str) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(async move {
+            let missing = || BackendError::NotFound(format!("there is no template {template}"));
+            if validate_workspace_name(template).is_err() {
+                return Err(missing());
+            }
+            // Workspaces are recorded under the admission lock: none appears while this decides.
+            let _decision = self.inner.admission.lock().await;
+            match self.inner.db.delete_template(template).await.map_err(store_failed)? {
+                db::TemplateDeletion::Deleted => Ok(()),
+                db::TemplateDeletion::NotFound => Err(missing()),
+                db::TemplateDeletion::InUse(users) => Err(BackendError::Conflict(db::in_use_message(template, &users))),
+            }
+        })
+    }
+
     fn templates(&self) -> BoxFuture<'_, BackendResult<Vec<TemplateView>>> {
         Box::pin(async move {
             let templates = self.inner.db.templates().await.map_err(store_failed)?;

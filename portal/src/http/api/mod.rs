@@ -6,6 +6,7 @@
 //! malformed bodies (400), unknown endpoints (404) and wrong methods (405). To add endpoints,
 //! write a module with `router()` and merge it in [`router`]; take bodies as [`ApiJson`].
 
+mod admin;
 mod agents;
 mod audit;
 mod invites;
@@ -31,6 +32,7 @@ pub fn router() -> Router<AppState> {
         .merge(tokens::router())
         .merge(invites::router())
         .merge(audit::router())
+        .merge(admin::router())
         .merge(workspaces::router())
         .merge(agents::router())
         .merge(super::events::router())

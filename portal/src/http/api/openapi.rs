@@ -67,7 +67,7 @@ pub fn document() -> Value {
                     "properties": {
                         "name": { "type": "string", "maxLength": 64 },
                         "scopes": { "type": "array", "items": { "type": "string",
-                            "enum": ["workspaces:read", "workspaces:write", "invites:write", "tokens:write", "audit:read", "agents:run"] } },
+                            "enum": ["workspaces:read", "workspaces:write", "invites:write", "tokens:write", "audit:read", "admin:write", "agents:run"] } },
                         "expires_in_days": { "type": "integer", "minimum": 1, "maximum": 365 }
                     }
                 })))
@@ -126,6 +126,31 @@ pub fn document() -> Value {
                 "post": operation("Stop a workspace; the home volume stays", Some("workspaces:write"), None)
             },
             "/api/v1/templates": { "get": operation("The template catalog", Some("workspaces:read"), None) },
+            "/api/v1/admin/teams": {
+                "get": operation("Every team with its members and quota in use (admins)", Some("admin:write"), None)
+            },
+            "/api/v1/admin/teams/{team}": {
+                "parameters": path_params(&["team"]),
+                "get": operation("A team's spec (admins)", Some("admin:write"), None),
+                "put": operation(
+                    "Create or replace a team (admins); a spec the backend refuses is a 400 with its message",
+                    Some("admin:write"),
+                    Some(json!({ "type": "object", "description": "a Team's spec as the CRD has it: displayName, quota                         (cpu, memory, storage, workspaces, ciAgents, ...), limits, members (user, role, expiresAt),                         allowLeadAccess, network" }))
+                )
+            },
+            "/api/v1/admin/templates": {
+                "get": operation("Every template with its spec (admins)", Some("admin:write"), None)
+            },
+            "/api/v1/admin/templates/{name}": {
+                "parameters": path_params(&["name"]),
+                "get": operation("A template's spec (admins)", Some("admin:write"), None),
+                "put": operation(
+                    "Create or replace a template (admins); a spec the backend refuses is a 400 with its message",
+                    Some("admin:write"),
+                    Some(json!({ "type": "object", "required": ["displayName", "image"], "description": "a                         WorkspaceTemplate's spec as the CRD has it: displayName, description, image, protocol                         (novnc, kasm), port, resources (cpuRequest, cpuLimit, memoryRequest, memoryLimit), homeSize,                         shmSize, idleTimeout, ..." }))
+                ),
+                "delete": operation("Delete a template (admins); 409 while workspaces use it", Some("admin:write"), None)
+            },
             "/api/v1/teams/{team}": {
                 "parameters": path_params(&["team"]),
                 "get": operation("A team: members, quota used and hard", Some("workspaces:read"), None)

@@ -1,0 +1,121 @@
+//! The admin API for teams and templates on the Kubernetes backend, against the real test
+//! cluster: what an admin puts is the Team or WorkspaceTemplate the API server holds, server-side
+//! applied by the portal; what the API server refuses (schema, CEL) comes back as a 400 in its
+//! own words and changes nothing; a template a Workspace uses is not deleted.
+
+mod common;
+mod kube_common;
+
+use axum::http::{Method, StatusCode};
+use common::Browser;
+use deskpod_controller::api::{Team, TeamSpec, WorkspaceTemplate, WorkspaceTemplateSpec};
+use kube::api::{Api, DeleteParams};
+use kube_common::{Fixture, ONE_CONTROLLER};
+use serde_json::json;
+
+/// `PUT path` with `body` as the admin's session.
+async fn put(
+    admin: &Browser,
+    portal: &common::Portal,
+    csrf: &str,
+    path: String,
+    body: serde_json::Value,
+) -> common::Reply {
+    admin.api(portal, Method::PUT, &path, Some(csrf), Some(&body.to_string())).await
+}
+
+#[tokio::test]
+async fn an_admin_puts_teams_and_templates_and_the_api_servers_refusals_come_back() {
+    let _one = ONE_CONTROLLER.lock().await;
+    let f = Fixture::new("portal-admin", 2, false).await;
+    let portal = &f.portal;
+    let teams = Api::<Team>::all(f.client());
+    let templates = Api::<WorkspaceTemplate>::all(f.client());
+    let made = format!("{}-made", f.team);
+    let made_template = format!("{}-tpl", f.team);
+    let mut admin = Browser::signed_in(portal, &f.admin).await;
+    let csrf = admin.session_csrf(portal).await;
+    // A new Team: the API server has exactly that spec, applied by the portal's field manager.
+    let spec = json!({
+        "displayName": "Made by the admin",
+        "quota": { "cpu": "4", "memory": "8Gi", "workspaces": 3, "ciAgents": 1 },
+        "members": [{ "user": f.alice, "role": "engineer" }, { "user": f.bob, "role": "lead", "expiresAt": "2030-01-31T00:00:00Z" }],
+        "allowLeadAccess": true
+    });
+    let reply = put(&admin, portal, &csrf, format!("/api/v1/admin/teams/{made}"), spec.clone()).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let object = teams.get(&made).await.expect("the Team exists");
+    assert_eq!(object.spec, serde_json::from_value::<TeamSpec>(spec).unwrap());
+    let managers: Vec<_> =
+        object.metadata.managed_fields.unwrap_or_default().into_iter().filter_map(|m| m.manager).collect();
+    assert!(managers.contains(&"deskpod-portal".to_owned()), "{managers:?}");
+    // Its members count at once, and the list shows it.
+    let me = Browser::signed_in(portal, &f.alice).await.api(portal, Method::GET, "/api/v1/me", None, None).await;
+    assert!(me.body.contains(&made), "alice is a member: {}", me.body);
+    let list = admin.api(portal, Method::GET, "/api/v1/admin/teams", None, None).await;
+    assert_eq!(list.status, StatusCode::OK, "{}", list.body);
+    assert!(list.json()["teams"].as_array().unwrap().iter().any(|t| t["name"] == made.as_str()), "{}", list.body);
+    let page = admin.get(portal, "/admin/teams").await;
+    assert!(page.body.contains(&format!(r#"<tr data-team="{made}">"#)), "{}", page.body);
+
+    // Replaced: a member removed is gone.
+    let smaller = json!({ "quota": { "workspaces": 1 }, "members": [{ "user": f.alice, "role": "engineer" }] });
+    let reply = put(&admin, portal, &csrf, format!("/api/v1/admin/teams/{made}"), smaller.clone()).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(teams.get(&made).await.unwrap().spec, serde_json::from_value::<TeamSpec>(smaller.clone()).unwrap());
+
+    // The API server's refusals: a CEL rule (quantity) and the schema (a negative count).
+    for (bad, message) in [
+        (json!({ "quota": { "cpu": "lots" } }), "must be a non-negative Kubernetes quantity such as 500m, 2 or 4Gi"),
+        (json!({ "quota": { "workspaces": -1 } }), "should be greater than or equal to 0"),
+    ] {
+        let reply = put(&admin, portal, &csrf, format!("/api/v1/admin/teams/{made}"), bad).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.body);
+        let error = reply.json()["error"].as_str().unwrap().to_owned();
+        assert!(error.contains(message) && error.contains("Team.deskpod.io"), "the API server's words: {error}");
+    }
+    assert_eq!(teams.get(&made).await.unwrap().spec, serde_json::from_value::<TeamSpec>(smaller).unwrap(), "unchanged");
+
+    // A template, and its refusal.
+    let template = json!({ "displayName": "From the admin API", "image": "deskpod/python:latest", "port": 6901,
+                           "resources": { "cpuLimit": "2", "memoryLimit": "2Gi" }, "idleTimeout": "2h" });
+    let reply = put(&admin, portal, &csrf, format!("/api/v1/admin/templates/{made_template}"), template.clone()).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let object = templates.get(&made_template).await.expect("the template exists");
+    assert_eq!(object.spec, serde_json::from_value::<WorkspaceTemplateSpec>(template.clone()).unwrap());
+    let reply = put(
+        &admin,
+        portal,
+        &csrf,
+        format!("/api/v1/admin/templates/{made_template}"),
+        json!({ "displayName": "x", "image": "x", "idleTimeout": "2 hours" }),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.body);
+    assert!(reply.body.contains("must be a duration such as 90s, 30m or 1h30m"), "{}", reply.body);
+    assert_eq!(templates.get(&made_template).await.unwrap().spec.display_name, "From the admin API");
+
+    // A template a Workspace uses is not deleted; one nobody uses is.
+    let mut alice = Browser::signed_in(portal, &f.alice).await;
+    let alice_csrf = alice.session_csrf(portal).await;
+    let body = json!({ "team": f.team, "name": "dev", "template": f.template }).to_string();
+    let reply = alice.api(portal, Method::POST, "/api/v1/workspaces", Some(&alice_csrf), Some(&body)).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    let path = format!("/api/v1/admin/templates/{}", f.template);
+    let reply = admin.api(portal, Method::DELETE, &path, Some(&csrf), None).await;
+    assert_eq!(reply.status, StatusCode::CONFLICT, "{}", reply.body);
+    assert!(reply.body.contains(&format!("({}/dev)", f.team)), "{}", reply.body);
+    assert!(templates.get_opt(&f.template).await.unwrap().is_some());
+    let path = format!("/api/v1/admin/templates/{made_template}");
+    let reply = admin.api(portal, Method::DELETE, &path, Some(&csrf), None).await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.body);
+    assert!(templates.get_opt(&made_template).await.unwrap().is_none());
+
+    // An engineer may do none of it.
+    let reply =
+        alice.api(portal, Method::PUT, &format!("/api/v1/admin/teams/{made}"), Some(&alice_csrf), Some("{}")).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.body);
+
+    let _ = teams.delete(&made, &DeleteParams::background()).await;
+    f.delete().await;
+}
