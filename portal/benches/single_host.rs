@@ -20,11 +20,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use deskpod_controller::api::{
-    DesktopProtocol, TeamMember, TeamQuota, TeamRole, TeamSpec, TemplateResources, WorkspaceTemplateSpec,
-};
+use deskpod_controller::api::{TeamMember, TeamQuota, TeamRole, TeamSpec, WorkspaceTemplateSpec};
 use deskpod_portal::backend::Backend;
-use deskpod_portal::backend::docker::DockerBackend;
+use deskpod_portal::backend::docker::{DockerBackend, desktop_template};
 use deskpod_portal::client::{ApiClient, Credentials};
 use deskpod_portal::store::{GlobalRole, NewApiToken, NewUser, SqliteStore, Store};
 use deskpod_portal::token::{Scope, hash_secret};
@@ -239,24 +237,5 @@ impl Portal {
 /// The template the benchmark starts: the same limits as the baseline's container (1 CPU, 1 GiB,
 /// 256 MiB of /dev/shm).
 fn template() -> WorkspaceTemplateSpec {
-    WorkspaceTemplateSpec {
-        display_name: "Python".into(),
-        description: None,
-        image: IMAGE.into(),
-        image_pull_policy: None,
-        protocol: DesktopProtocol::Novnc,
-        port: 6901,
-        home_path: None,
-        resources: TemplateResources {
-            cpu_request: None,
-            cpu_limit: Some(Quantity("1".into())),
-            memory_request: None,
-            memory_limit: Some(Quantity("1Gi".into())),
-        },
-        home_size: None,
-        shm_size: Some(Quantity("256Mi".into())),
-        gpus: 0,
-        env: vec![],
-        idle_timeout: None,
-    }
+    desktop_template("Python", IMAGE, "1", "1Gi", "256Mi")
 }

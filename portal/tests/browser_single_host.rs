@@ -17,11 +17,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use deskpod_controller::api::{
-    DesktopProtocol, TeamMember, TeamQuota, TeamRole, TeamSpec, TemplateResources, WorkspaceTemplateSpec,
-};
+use deskpod_controller::api::{TeamMember, TeamQuota, TeamRole, TeamSpec};
 use deskpod_portal::backend::Backend;
-use deskpod_portal::backend::docker::DockerBackend;
+use deskpod_portal::backend::docker::{DockerBackend, desktop_template};
 use deskpod_portal::store::{GlobalRole, SqliteStore};
 use desktop_common::require_tools;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -111,26 +109,7 @@ struct Served {
 impl Served {
     async fn start(team: &str) -> Self {
         let backend = Arc::new(DockerBackend::connect(SqliteStore::open_in_memory().unwrap()).await.unwrap());
-        let template = WorkspaceTemplateSpec {
-            display_name: "Python".into(),
-            description: None,
-            image: "deskpod/desktop-python:latest".into(),
-            image_pull_policy: None,
-            protocol: DesktopProtocol::Novnc,
-            port: 6901,
-            home_path: None,
-            resources: TemplateResources {
-                cpu_request: None,
-                cpu_limit: Some(Quantity("1".into())),
-                memory_request: None,
-                memory_limit: Some(Quantity("1Gi".into())),
-            },
-            home_size: None,
-            shm_size: Some(Quantity("256Mi".into())),
-            gpus: 0,
-            env: vec![],
-            idle_timeout: None,
-        };
+        let template = desktop_template("Python", "deskpod/desktop-python:latest", "1", "1Gi", "256Mi");
         backend.put_template("python", template).await.unwrap();
         let spec = TeamSpec {
             quota: TeamQuota { memory: Some(Quantity("2Gi".into())), ..TeamQuota::default() },

@@ -12,11 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use deskpod_controller::api::{
-    DesktopProtocol, TeamMember, TeamQuota, TeamRole, TeamSpec, TemplateResources, WorkspaceTemplateSpec,
-};
-use deskpod_portal::backend::docker::DockerBackend;
+use deskpod_controller::api::{TeamMember, TeamQuota, TeamRole, TeamSpec, WorkspaceTemplateSpec};
 use deskpod_portal::backend::docker::container::Names;
+use deskpod_portal::backend::docker::{DockerBackend, desktop_template};
 use deskpod_portal::backend::{Backend, BackendError, NewWorkspace, Phase};
 use deskpod_portal::store::SqliteStore;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -88,26 +86,7 @@ impl Host {
 
 /// The `python` template: the Python desktop with 1 CPU and 1Gi.
 fn python_template() -> WorkspaceTemplateSpec {
-    WorkspaceTemplateSpec {
-        display_name: "Python".into(),
-        description: None,
-        image: IMAGE.into(),
-        image_pull_policy: None,
-        protocol: DesktopProtocol::Novnc,
-        port: 6901,
-        home_path: None,
-        resources: TemplateResources {
-            cpu_request: None,
-            cpu_limit: Some(Quantity("1".into())),
-            memory_request: None,
-            memory_limit: Some(Quantity("1Gi".into())),
-        },
-        home_size: None,
-        shm_size: Some(Quantity("256Mi".into())),
-        gpus: 0,
-        env: vec![],
-        idle_timeout: None,
-    }
+    desktop_template("Python", IMAGE, "1", "1Gi", "256Mi")
 }
 
 impl Drop for Host {

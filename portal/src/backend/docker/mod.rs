@@ -220,34 +220,54 @@ fn default_team(admin: &str) -> TeamSpec {
     }
 }
 
-fn default_template(image: &deskpod_images::catalogue::ImageSpec) -> WorkspaceTemplateSpec {
+/// A noVNC desktop template for `image` with CPU and memory limits and a `/dev/shm` size, and
+/// nothing else set (no requests, no idle timeout): what the defaults, tests and benchmarks build
+/// on.
+pub fn desktop_template(
+    display_name: &str,
+    image: &str,
+    cpu_limit: &str,
+    memory_limit: &str,
+    shm: &str,
+) -> WorkspaceTemplateSpec {
     use deskpod_controller::api::TemplateResources;
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
     WorkspaceTemplateSpec {
-        display_name: match image.name {
-            "python" => "Python".into(),
-            "java" => "Java".into(),
-            "node" => "Node.js".into(),
-            _ => "XFCE desktop".into(),
-        },
-        description: Some(format!("{} ({})", image.summary, image.tag)),
-        image: image.tag.to_owned(),
+        display_name: display_name.to_owned(),
+        description: None,
+        image: image.to_owned(),
+        image_pull_policy: None,
         protocol: DesktopProtocol::Novnc,
         port: i32::from(deskpod_images::catalogue::desktop::VNC_PORT),
-        resources: TemplateResources {
-            cpu_request: Some(Quantity("500m".into())),
-            cpu_limit: Some(Quantity("2".into())),
-            memory_request: Some(Quantity("1Gi".into())),
-            memory_limit: Some(Quantity("2Gi".into())),
-        },
-        image_pull_policy: None,
         home_path: None,
+        resources: TemplateResources {
+            cpu_request: None,
+            cpu_limit: Some(Quantity(cpu_limit.into())),
+            memory_request: None,
+            memory_limit: Some(Quantity(memory_limit.into())),
+        },
         home_size: None,
-        shm_size: Some(Quantity("512Mi".into())),
+        shm_size: Some(Quantity(shm.into())),
         gpus: 0,
         env: vec![],
-        idle_timeout: Some("2h".into()),
+        idle_timeout: None,
     }
+}
+
+fn default_template(image: &deskpod_images::catalogue::ImageSpec) -> WorkspaceTemplateSpec {
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    let display_name = match image.name {
+        "python" => "Python",
+        "java" => "Java",
+        "node" => "Node.js",
+        _ => "XFCE desktop",
+    };
+    let mut template = desktop_template(display_name, image.tag, "2", "2Gi", "512Mi");
+    template.description = Some(format!("{} ({})", image.summary, image.tag));
+    template.resources.cpu_request = Some(Quantity("500m".into()));
+    template.resources.memory_request = Some(Quantity("1Gi".into()));
+    template.idle_timeout = Some("2h".into());
+    template
 }
 
 fn validate_object_name(what: &str, name: &str) -> BackendResult<()> {
