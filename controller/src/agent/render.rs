@@ -20,7 +20,7 @@ use kube::{Resource, ResourceExt};
 use crate::api::{CiAgent, CiAgentPhase, ImagePullPolicy, Team, TemplateResources, WorkspaceTemplate};
 use crate::quantity;
 use crate::team::render::{MANAGED_BY, TEAM_LABEL, WORKSPACE_SERVICE_ACCOUNT};
-use crate::workspace::render::Invalid;
+use crate::workspace::render::{Invalid, Scheduling};
 
 /// Label on every agent pod: the CiAgent's name.
 pub const AGENT_LABEL: &str = "deskpod.io/ciagent";
@@ -64,6 +64,8 @@ pub struct DesiredAgent {
     pub resources: TemplateResources,
     /// Stop the job this long after its pod was created.
     pub deadline: Option<Duration>,
+    /// The template's node selector and tolerations (none without a template).
+    pub scheduling: Scheduling,
 }
 
 /// Resolves what a CiAgent runs and checks it against its team's limits.
@@ -149,6 +151,7 @@ pub fn validate(agent: &CiAgent, template: Option<&WorkspaceTemplate>, team: &Te
         env,
         resources,
         deadline,
+        scheduling: Scheduling::of(template),
     })
 }
 
@@ -248,6 +251,8 @@ pub fn render_pod(d: &DesiredAgent) -> Pod {
                 seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), localhost_profile: None }),
                 ..Default::default()
             }),
+            node_selector: d.scheduling.node_selector.clone(),
+            tolerations: d.scheduling.tolerations.clone(),
             containers: vec![container],
             ..Default::default()
         }),

@@ -4,6 +4,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 use super::schema;
 
@@ -57,6 +58,20 @@ pub struct WorkspaceTemplateSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::quantity")]
     pub home_size: Option<Quantity>,
+    /// StorageClass of a new workspace's home volume, unless the workspace names one; the
+    /// cluster's default class when unset. An existing volume keeps the class it was made with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub home_storage_class_name: Option<String>,
+    /// Node labels a node must carry to run this template's pods (a pod `nodeSelector`), such as
+    /// a GPU pool or the nodes that have the image.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 20))]
+    pub node_selector: BTreeMap<String, String>,
+    /// Node taints this template's pods tolerate, so they may run on nodes kept for them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub tolerations: Vec<Toleration>,
     /// Size of the memory-backed `/dev/shm` (browsers and IDEs need more than the default 64Mi).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::quantity")]
@@ -133,4 +148,62 @@ pub struct EnvVar {
     #[serde(default)]
     #[schemars(length(max = 32768))]
     pub value: String,
+}
+
+/// A taint a template's pods tolerate, as in a Pod's `tolerations`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.operator != 'Exists' || !has(self.value)").message("a toleration with operator Exists takes no value"))]
+pub struct Toleration {
+    /// The taint's key; with operator `Exists` and no key, every taint is tolerated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 316))]
+    pub key: Option<String>,
+    /// `Equal` (the default: key and value must match) or `Exists` (any value).
+    #[serde(default)]
+    pub operator: TolerationOperator,
+    /// The taint's value, for `Equal`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    pub value: Option<String>,
+    /// The taint effect tolerated; every effect when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect: Option<TaintEffect>,
+}
+
+/// How a toleration matches a taint's value.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TolerationOperator {
+    #[default]
+    Equal,
+    Exists,
+}
+
+impl TolerationOperator {
+    /// The value a Pod's toleration takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TolerationOperator::Equal => "Equal",
+            TolerationOperator::Exists => "Exists",
+        }
+    }
+}
+
+/// What a taint keeps away.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaintEffect {
+    NoSchedule,
+    PreferNoSchedule,
+    NoExecute,
+}
+
+impl TaintEffect {
+    /// The value a Pod's toleration takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaintEffect::NoSchedule => "NoSchedule",
+            TaintEffect::PreferNoSchedule => "PreferNoSchedule",
+            TaintEffect::NoExecute => "NoExecute",
+        }
+    }
 }

@@ -161,7 +161,10 @@ async fn reconcile_workspace(ws: &Workspace, ctx: &Context) -> Result<Action> {
     };
 
     // The home volume first and the pod next: the pod waits on the volume, the route on nothing.
-    let home = apply_if_changed(client, &owned.volumes, &render::render_home_pvc(&desired)).await?;
+    let mut home = render::render_home_pvc(&desired);
+    let existing = cached(&owned.volumes, &home);
+    render::keep_storage_class(&mut home, existing.as_deref());
+    let home = apply_if_changed(client, &owned.volumes, &home).await?;
     let home = home.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);

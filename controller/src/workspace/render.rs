@@ -192,6 +192,37 @@ pub struct DesiredWorkspace {
     pub env: Vec<crate::api::EnvVar>,
     /// Stop the desktop after this long without keyboard or pointer input; never when `None`.
     pub idle_timeout: Option<std::time::Duration>,
+    /// Where the pod may run: the template's node selector and tolerations.
+    pub scheduling: Scheduling,
+}
+
+/// The node selector and tolerations of a template's pods, as the Pod API takes them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Scheduling {
+    pub node_selector: Option<BTreeMap<String, String>>,
+    pub tolerations: Option<Vec<k8s_openapi::api::core::v1::Toleration>>,
+}
+
+impl Scheduling {
+    /// The template's scheduling constraints (none without a template).
+    pub fn of(template: Option<&crate::api::WorkspaceTemplateSpec>) -> Self {
+        let Some(t) = template else { return Self::default() };
+        let tolerations = t
+            .tolerations
+            .iter()
+            .map(|t| k8s_openapi::api::core::v1::Toleration {
+                key: t.key.clone(),
+                operator: Some(t.operator.as_str().into()),
+                value: t.value.clone(),
+                effect: t.effect.map(|e| e.as_str().into()),
+                toleration_seconds: None,
+            })
+            .collect::<Vec<_>>();
+        Scheduling {
+            node_selector: (!t.node_selector.is_empty()).then(|| t.node_selector.clone()),
+            tolerations: (!tolerations.is_empty()).then_some(tolerations),
+        }
+    }
 }
 
 /// Where a resolved value came from, to tell the user which object to change.
@@ -335,13 +366,14 @@ pub fn validate(
         port: tpl.port,
         home_path: tpl.home_path.clone().unwrap_or_else(|| default_home_path(tpl.protocol).to_string()),
         home_size: home_size.value,
-        storage_class_name: ws.spec.home.storage_class_name.clone(),
+        storage_class_name: ws.spec.home.storage_class_name.clone().or_else(|| tpl.home_storage_class_name.clone()),
         reclaim_policy: ws.spec.home.reclaim_policy,
         shm_size: shm_size.value,
         resources,
         gpus: tpl.gpus,
         env: tpl.env.iter().filter(|e| e.name != VNC_PASSWORD_ENV).cloned().collect(),
         idle_timeout,
+        scheduling: Scheduling::of(Some(tpl)),
         name,
     })
 }
@@ -453,6 +485,14 @@ pub fn render_home_pvc(d: &DesiredWorkspace) -> PersistentVolumeClaim {
     }
 }
 
+/// A claim's StorageClass cannot change once it exists: an existing home keeps its own class
+/// (the template's default may have changed since it was made) instead of failing every apply.
+pub fn keep_storage_class(pvc: &mut PersistentVolumeClaim, existing: Option<&PersistentVolumeClaim>) {
+    if let (Some(existing), Some(spec)) = (existing, pvc.spec.as_mut()) {
+        spec.storage_class_name = existing.spec.as_ref().and_then(|s| s.storage_class_name.clone());
+    }
+}
+
 /// The Secret with the VNC password under [`VNC_PASSWORD_KEY`], owned by the Workspace.
 ///
 /// The password goes in `data` (not the write-only `stringData`), so what is applied is what is
@@ -538,6 +578,8 @@ pub fn render_pod(d: &DesiredWorkspace) -> Pod {
                 seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), localhost_profile: None }),
                 ..Default::default()
             }),
+            node_selector: d.scheduling.node_selector.clone(),
+            tolerations: d.scheduling.tolerations.clone(),
             containers: vec![container],
             volumes: Some(vec![
                 Volume {

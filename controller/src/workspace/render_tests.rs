@@ -338,6 +338,55 @@ fn home_volume_is_read_write_once_of_the_resolved_size_and_class() {
     assert_eq!(default_class.storage_class_name, None, "cluster default");
 }
 
+const ON_REAL_NODES: &str = r#"
+  homeStorageClassName: local
+  nodeSelector: { deskpod.io/node: real }
+  tolerations:
+    - { key: deskpod.io/real-node, value: "true", effect: NoSchedule }
+    - { key: gpu, operator: Exists }
+"#;
+
+#[test]
+fn the_templates_storage_class_is_the_default_and_the_workspaces_wins() {
+    let python_local = format!("{PYTHON}{ON_REAL_NODES}");
+    let class = |ws: &Workspace| render_home_pvc(&desired(ws, &python_local)).spec.unwrap().storage_class_name;
+    assert_eq!(class(&workspace(ALICE)), Some("local".into()));
+    assert_eq!(class(&alice_with("  home: { storageClassName: fast }")), Some("fast".into()));
+}
+
+#[test]
+fn an_existing_home_keeps_its_class_when_the_template_changes() {
+    let mut pvc = render_home_pvc(&desired(&workspace(ALICE), &format!("{PYTHON}{ON_REAL_NODES}")));
+    let made_with_default = render_home_pvc(&alice());
+    keep_storage_class(&mut pvc, Some(&made_with_default));
+    assert_eq!(pvc.spec.as_ref().unwrap().storage_class_name, None, "made without a class: the apply leaves it alone");
+    let mut existing = made_with_default.clone();
+    existing.spec.as_mut().unwrap().storage_class_name = Some("standard".into());
+    keep_storage_class(&mut pvc, Some(&existing));
+    assert_eq!(pvc.spec.unwrap().storage_class_name.as_deref(), Some("standard"), "the class it was bound with");
+}
+
+#[test]
+fn pods_go_where_the_template_says() {
+    let spec = render_pod(&desired(&workspace(ALICE), &format!("{PYTHON}{ON_REAL_NODES}"))).spec.unwrap();
+    assert_eq!(spec.node_selector, Some([("deskpod.io/node".to_string(), "real".to_string())].into()));
+    let tolerations: Vec<_> = spec
+        .tolerations
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.key.unwrap(), t.operator.unwrap(), t.value, t.effect))
+        .collect();
+    assert_eq!(
+        tolerations,
+        [
+            ("deskpod.io/real-node".into(), "Equal".into(), Some("true".into()), Some("NoSchedule".into())),
+            ("gpu".into(), "Exists".into(), None, None),
+        ]
+    );
+    let anywhere = render_pod(&alice()).spec.unwrap();
+    assert_eq!((anywhere.node_selector, anywhere.tolerations), (None, None), "no constraints by default");
+}
+
 #[test]
 fn vnc_secret_holds_the_password_and_only_there() {
     let secret = render_vnc_secret(&alice(), "s3cret-Pa55");

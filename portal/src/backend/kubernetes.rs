@@ -10,9 +10,10 @@
 //!   cached Team's quota status). The API server's admission (CRD validation, the team's
 //!   ResourceQuota) decides last; its refusal is passed on in its own words. One object is
 //!   created, or none.
-//! - **The desktop** of a running workspace answers at its Service (`<ws>`, port `vnc`), with
-//!   the password from the `<ws>-vnc` Secret. For tests, whose kwok pods run nothing, a backend
-//!   built with [`KubernetesOptions::allow_endpoint_override`] honours the Workspace annotation
+//! - **The desktop** of a running workspace answers at its pod's IP on the template's port once
+//!   the pod is ready (its readiness probe is that port answering), with the password from the
+//!   `<ws>-vnc` Secret. For tests on kwok nodes, whose pods run nothing, a backend built with
+//!   [`KubernetesOptions::allow_endpoint_override`] honours the Workspace annotation
 //!   [`DESKTOP_ENDPOINT_ANNOTATION`] (`127.0.0.1:5901`) instead. That option is off by default
 //!   and must stay off in production: whoever may annotate a Workspace could send the portal's
 //!   proxy anywhere.
@@ -25,7 +26,7 @@
 //!
 //! The portal needs, cluster-wide: get/list/watch Teams and WorkspaceTemplates (and patch them,
 //! delete WorkspaceTemplates, for the admin pages); get/list/create/patch/delete Workspaces; get
-//! Services and Secrets in team namespaces.
+//! Pods and Secrets in team namespaces.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -38,12 +39,12 @@ use deskpod_controller::api::{
 use deskpod_controller::quantity::{self, Milli};
 use deskpod_controller::workspace::idle::LAST_ACTIVITY_ANNOTATION;
 use deskpod_controller::workspace::render::{
-    self, OWNER_HASH_LABEL, VNC_PASSWORD_KEY, owner_hash, service_name, vnc_secret_name,
+    self, OWNER_HASH_LABEL, VNC_PASSWORD_KEY, owner_hash, pod_name, vnc_secret_name,
 };
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
@@ -278,11 +279,11 @@ impl KubernetesBackend {
                 ))
             })?,
             None => {
-                let service = Api::<Service>::namespaced(self.client.clone(), &namespace)
-                    .get_opt(&service_name(name))
+                let pod = Api::<Pod>::namespaced(self.client.clone(), &namespace)
+                    .get_opt(&pod_name(name))
                     .await
-                    .map_err(|e| unavailable("reading a desktop service", e))?;
-                match service.as_ref().and_then(service_address) {
+                    .map_err(|e| unavailable("reading a desktop pod", e))?;
+                match pod.as_ref().and_then(|pod| pod_address(pod, template.spec.port)) {
                     Some(address) => address,
                     None => return Ok(None),
                 }
@@ -374,12 +375,14 @@ pub fn team_namespace(team: &str) -> String {
     format!("team-{team}")
 }
 
-/// The cluster IP and `vnc` port of a desktop Service (its first port if none is named so).
-fn service_address(service: &Service) -> Option<SocketAddr> {
-    let spec = service.spec.as_ref()?;
-    let ip = spec.cluster_ip.as_deref().filter(|ip| !ip.is_empty() && *ip != "None")?.parse().ok()?;
-    let ports = spec.ports.as_deref().unwrap_or_default();
-    let port = ports.iter().find(|p| p.name.as_deref() == Some(render::VNC_PORT_NAME)).or(ports.first())?.port;
+/// The address of a ready desktop pod: its IP and the template's port. The portal dials the pod
+/// directly, as JupyterHub does, rather than its Service: pod IPs route on every pod network,
+/// while a Service's cluster IP needs kube-proxy (or an equivalent) where the portal runs. Not
+/// ready (the readiness probe is the VNC port answering): `None`.
+fn pod_address(pod: &Pod, port: i32) -> Option<SocketAddr> {
+    let status = pod.status.as_ref()?;
+    let ready = status.conditions.as_deref().unwrap_or_default().iter().any(|c| c.type_ == "Ready" && c.status == "True");
+    let ip = status.pod_ip.as_deref().filter(|_| ready)?.parse().ok()?;
     Some(SocketAddr::new(ip, u16::try_from(port).ok()?))
 }
 

@@ -199,6 +199,9 @@ impl TemplateForm {
             gpus: 0,
             env: vec![],
             idle_timeout: None,
+            home_storage_class_name: None,
+            node_selector: Default::default(),
+            tolerations: vec![],
         });
         spec.display_name = self.display_name.clone();
         spec.description = (!self.description.is_empty()).then(|| self.description.clone());

@@ -83,6 +83,13 @@ impl Fixture {
     /// Starts the controllers, creates the Team (quota: `workspaces` workspaces) and a template, waits
     /// until the Team is Ready, and builds a portal on a fresh Kubernetes backend.
     pub async fn new(prefix: &str, workspaces: i32, allow_endpoint_override: bool) -> Self {
+        let template = json!({ "displayName": "Python", "description": "Python 3 and VS Code", "image": "deskpod/python:latest",
+                               "homeSize": "1Gi", "resources": { "cpuRequest": "500m", "memoryRequest": "512Mi" } });
+        Self::with_template(prefix, workspaces, allow_endpoint_override, template).await
+    }
+
+    /// [`Fixture::new`] with the template's `spec` given.
+    pub async fn with_template(prefix: &str, workspaces: i32, allow_endpoint_override: bool, template_spec: Value) -> Self {
         let ns = TestCluster::shared().namespace(prefix).await.expect("test namespace");
         let client = ns.client.clone();
         let controllers = start_controllers(client.clone());
@@ -107,8 +114,7 @@ impl Fixture {
         Api::<Team>::all(client.clone()).create(&PostParams::default(), &team_object).await.expect("create team");
         let template_object: WorkspaceTemplate = serde_json::from_value(json!({
             "apiVersion": "deskpod.io/v1alpha1", "kind": "WorkspaceTemplate", "metadata": { "name": template },
-            "spec": { "displayName": "Python", "description": "Python 3 and VS Code", "image": "deskpod/python:latest",
-                      "homeSize": "1Gi", "resources": { "cpuRequest": "500m", "memoryRequest": "512Mi" } }
+            "spec": template_spec
         }))
         .unwrap();
         Api::<WorkspaceTemplate>::all(client.clone())

@@ -217,6 +217,7 @@ mod tests {
             gpus: 0,
             env: vec![EnvVar { name: "VNC_PW".into(), value: "from-template".into() }],
             idle_timeout: None,
+            scheduling: Default::default(),
         }
     }
 

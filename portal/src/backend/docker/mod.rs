@@ -251,6 +251,9 @@ pub fn desktop_template(
         gpus: 0,
         env: vec![],
         idle_timeout: None,
+        home_storage_class_name: None,
+        node_selector: Default::default(),
+        tolerations: vec![],
     }
 }
 

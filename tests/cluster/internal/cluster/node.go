@@ -887,20 +887,22 @@ func importImage(ctx context.Context, ns *NodeState, image string, log io.Writer
 // pod can mount but not write.)
 const RealNodeStorageClass = "real-node"
 
-// RealNodeStorageClassObject is the StorageClass for RealNodeStorageClass.
+// RealNodeStorageClassObject is the StorageClass for RealNodeStorageClass. Its volumes go with
+// their claims (reclaim policy Delete), as a cloud provider's would.
 func RealNodeStorageClassObject() map[string]any {
 	return map[string]any{
 		"apiVersion":        "storage.k8s.io/v1",
 		"kind":              "StorageClass",
 		"metadata":          map[string]any{"name": RealNodeStorageClass},
 		"provisioner":       "deskpod.io/testcluster-real-node",
-		"reclaimPolicy":     "Retain",
+		"reclaimPolicy":     "Delete",
 		"volumeBindingMode": "Immediate",
 	}
 }
 
 // provisionRealNodeVolumes runs until ctx ends: every pending claim of RealNodeStorageClass gets
-// a directory and a PersistentVolume bound to it, pinned to the real node.
+// a directory and a PersistentVolume bound to it, pinned to the real node; a volume whose claim
+// is gone (Released) is removed with its directory.
 func (s *supervisor) provisionRealNodeVolumes(ctx context.Context) {
 	done := map[string]bool{}
 	for {
@@ -909,6 +911,7 @@ func (s *supervisor) provisionRealNodeVolumes(ctx context.Context) {
 			return
 		case <-time.After(300 * time.Millisecond):
 		}
+		s.reclaimRealNodeVolumes(ctx)
 		code, body, err := s.api.do(ctx, http.MethodGet, "/api/v1/persistentvolumeclaims", nil)
 		if err != nil || code != http.StatusOK {
 			continue
@@ -951,7 +954,7 @@ func (s *supervisor) provisionRealNodeVolumes(ctx context.Context) {
 				"spec": map[string]any{
 					"capacity":                      map[string]string{"storage": size},
 					"accessModes":                   c.Spec.AccessModes,
-					"persistentVolumeReclaimPolicy": "Retain",
+					"persistentVolumeReclaimPolicy": "Delete",
 					"storageClassName":              RealNodeStorageClass,
 					"hostPath":                      map[string]string{"path": path, "type": "Directory"},
 					"claimRef": map[string]string{
@@ -970,6 +973,46 @@ func (s *supervisor) provisionRealNodeVolumes(ctx context.Context) {
 			} else if ctx.Err() == nil {
 				s.logf("real node: creating a volume for %s/%s: HTTP %d %v %s", c.Metadata.Namespace, c.Metadata.Name, code, err, body)
 			}
+		}
+	}
+}
+
+// reclaimRealNodeVolumes deletes the Released volumes of RealNodeStorageClass whose policy is
+// Delete, and their directories. The directory goes first: a volume still listed is retried.
+func (s *supervisor) reclaimRealNodeVolumes(ctx context.Context) {
+	code, body, err := s.api.do(ctx, http.MethodGet, "/api/v1/persistentvolumes", nil)
+	if err != nil || code != http.StatusOK {
+		return
+	}
+	var list struct {
+		Items []struct {
+			Metadata struct{ Name string } `json:"metadata"`
+			Spec     struct {
+				StorageClassName string                `json:"storageClassName"`
+				ReclaimPolicy    string                `json:"persistentVolumeReclaimPolicy"`
+				HostPath         struct{ Path string } `json:"hostPath"`
+			} `json:"spec"`
+			Status struct{ Phase string } `json:"status"`
+		} `json:"items"`
+	}
+	if json.Unmarshal(body, &list) != nil {
+		return
+	}
+	volumes := filepath.Join(s.dir, "node", "volumes")
+	for _, pv := range list.Items {
+		if pv.Spec.StorageClassName != RealNodeStorageClass || pv.Spec.ReclaimPolicy != "Delete" || pv.Status.Phase != "Released" {
+			continue
+		}
+		// Only ever a directory this supervisor made.
+		if filepath.Dir(pv.Spec.HostPath.Path) == volumes {
+			if err := os.RemoveAll(pv.Spec.HostPath.Path); err != nil {
+				s.logf("real node: removing the volume %s: %v", pv.Metadata.Name, err)
+				continue
+			}
+		}
+		code, body, err := s.api.do(ctx, http.MethodDelete, "/api/v1/persistentvolumes/"+pv.Metadata.Name, nil)
+		if (err != nil || (code != http.StatusOK && code != http.StatusNotFound)) && ctx.Err() == nil {
+			s.logf("real node: deleting the volume %s: HTTP %d %v %s", pv.Metadata.Name, code, err, body)
 		}
 	}
 }
