@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use deskpod_controller::api::{Team, WorkspacePhase};
 use deskpod_controller::workspace::idle::LAST_ACTIVITY_ANNOTATION;
-use deskpod_controller::workspace::render::{VNC_PASSWORD_KEY, vnc_secret_name};
+use deskpod_controller::workspace::render::{VNC_PASSWORD_KEY, pod_name, vnc_secret_name};
 use deskpod_portal::backend::kubernetes::DESKTOP_ENDPOINT_ANNOTATION;
 use deskpod_portal::backend::{BackendError, NewWorkspace, Phase, Protocol};
 use deskpod_portal::{Membership, TeamRole};
 use deskpod_testsupport::wait_deleted;
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, Patch, PatchParams};
 use kube_common::{Fixture, ONE_CONTROLLER, WAIT};
 use serde_json::json;
@@ -77,14 +77,14 @@ async fn a_workspace_runs_serves_its_desktop_records_input_stops_starts_and_goes
     assert_eq!(mine.iter().map(|w| w.name.as_str()).collect::<Vec<_>>(), ["dev"]);
     assert!(backend.workspaces(&f.team, Some(&f.erin)).await.unwrap().is_empty(), "erin owns none");
 
-    // The desktop: the Service's cluster IP and port, and the Secret's password.
+    // The desktop: the ready pod's IP and the template's port, and the Secret's password.
     let namespace = format!("team-{}", f.team);
-    let service = Api::<Service>::namespaced(f.client(), &namespace).get("dev").await.unwrap();
-    let cluster_ip = service.spec.unwrap().cluster_ip.unwrap();
+    let pod = Api::<Pod>::namespaced(f.client(), &namespace).get(&pod_name("dev")).await.unwrap();
+    let pod_ip = pod.status.unwrap().pod_ip.expect("kwok gives running pods an IP");
     let secret = Api::<Secret>::namespaced(f.client(), &namespace).get(&vnc_secret_name("dev")).await.unwrap();
     let password = String::from_utf8(secret.data.unwrap()[VNC_PASSWORD_KEY].0.clone()).unwrap();
     let endpoint = backend.desktop(&f.team, "dev").await.unwrap().expect("running, so reachable");
-    assert_eq!(endpoint.address.to_string(), format!("{cluster_ip}:6901"));
+    assert_eq!(endpoint.address.to_string(), format!("{pod_ip}:6901"));
     assert_eq!(endpoint.protocol, Protocol::Novnc);
     assert_eq!(endpoint.password.as_deref(), Some(password.as_str()));
 
