@@ -1,6 +1,6 @@
 //! The admin API for teams and templates on the Kubernetes backend, against the real test
-//! cluster: what an admin puts is the Team or WorkspaceTemplate the API server holds, server-side
-//! applied by the portal; what the API server refuses (schema, CEL) comes back as a 400 in its
+//! cluster: what an admin puts is the Team or WorkspaceTemplate the API server holds (its whole
+//! spec, written by the portal, whoever wrote the fields before); what the API server refuses (schema, CEL) comes back as a 400 in its
 //! own words and changes nothing; a template a Workspace uses is not deleted.
 
 mod common;
@@ -8,8 +8,8 @@ mod kube_common;
 
 use axum::http::{Method, StatusCode};
 use common::Browser;
-use deskpod_controller::api::{Team, TeamSpec, WorkspaceTemplate, WorkspaceTemplateSpec};
-use kube::api::{Api, DeleteParams};
+use deskpod_controller::api::{Team, TeamMember, TeamRole, TeamSpec, WorkspaceTemplate, WorkspaceTemplateSpec};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube_common::{Fixture, ONE_CONTROLLER};
 use serde_json::json;
 
@@ -63,6 +63,21 @@ async fn an_admin_puts_teams_and_templates_and_the_api_servers_refusals_come_bac
     let reply = put(&admin, portal, &csrf, format!("/api/v1/admin/teams/{made}"), smaller.clone()).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     assert_eq!(teams.get(&made).await.unwrap().spec, serde_json::from_value::<TeamSpec>(smaller.clone()).unwrap());
+
+    // Members written by others: one joined through an invite (the backend's member patch), one
+    // with kubectl (another field manager). The admin's save without them removes both.
+    let invited = TeamMember { user: f.erin.clone(), role: TeamRole::Contractor, expires_at: None };
+    portal.state.backend.add_member(&made, invited).await.expect("the invite adds erin");
+    let mut by_kubectl = teams.get(&made).await.unwrap();
+    by_kubectl.spec.members.push(TeamMember { user: f.carol.clone(), role: TeamRole::Engineer, expires_at: None });
+    by_kubectl.metadata.managed_fields = None;
+    let params = PostParams { field_manager: Some("kubectl-edit".into()), ..PostParams::default() };
+    teams.replace(&made, &params, &by_kubectl).await.expect("kubectl adds carol");
+    let members = |team: Team| team.spec.members.into_iter().map(|m| m.user).collect::<Vec<_>>();
+    assert_eq!(members(teams.get(&made).await.unwrap()), [f.alice.as_str(), &f.erin, &f.carol]);
+    let reply = put(&admin, portal, &csrf, format!("/api/v1/admin/teams/{made}"), smaller.clone()).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(members(teams.get(&made).await.unwrap()), [f.alice.as_str()], "the removal sticks, whoever added them");
 
     // The API server's refusals: a CEL rule (quantity) and the schema (a negative count).
     for (bad, message) in [

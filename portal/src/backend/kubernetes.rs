@@ -11,8 +11,7 @@
 //!   ResourceQuota) decides last; its refusal is passed on in its own words. One object is
 //!   created, or none.
 //! - **The desktop** of a running workspace answers at its pod's IP on the template's port once
-//!   the pod is ready (its readiness probe is that port answering), with the password from the
-//!   `<ws>-vnc` Secret. For tests on kwok nodes, whose pods run nothing, a backend built with
+//!   its container runs (see [`pod_address`]), with the password from the `<ws>-vnc` Secret. For tests on kwok nodes, whose pods run nothing, a backend built with
 //!   [`KubernetesOptions::allow_endpoint_override`] honours the Workspace annotation
 //!   [`DESKTOP_ENDPOINT_ANNOTATION`] (`127.0.0.1:5901`) instead. That option is off by default
 //!   and must stay off in production: whoever may annotate a Workspace could send the portal's
@@ -20,13 +19,14 @@
 //! - **Input** for idle culling is recorded in the Workspace annotation
 //!   [`LAST_ACTIVITY_ANNOTATION`] (RFC 3339) with a merge patch.
 //!
-//! - **Administration** (teams and templates, for platform admins) is server-side apply with
-//!   [`FIELD_MANAGER`], forced; the API server's schema and CEL rules decide, and their refusal is
-//!   passed on in their own words. A template is deleted only when no Workspace uses it.
+//! - **Administration** (teams and templates, for platform admins) replaces the object's whole spec
+//!   (guarded by its resourceVersion), so a member removed on the page is gone whoever added it;
+//!   the API server's schema and CEL rules decide, and their refusal is passed on in their own
+//!   words. A template is deleted only when no Workspace uses it.
 //!
-//! The portal needs, cluster-wide: get/list/watch Teams and WorkspaceTemplates (and patch them,
-//! delete WorkspaceTemplates, for the admin pages); get/list/create/patch/delete Workspaces; get
-//! Pods and Secrets in team namespaces.
+//! The portal needs, cluster-wide: get/list/watch Teams and WorkspaceTemplates (and create, update
+//! and patch them, delete WorkspaceTemplates, for the admin pages); get/list/create/patch/delete
+//! Workspaces; get Pods and Secrets in team namespaces.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -39,7 +39,7 @@ use deskpod_controller::api::{
 use deskpod_controller::quantity::{self, Milli};
 use deskpod_controller::workspace::idle::LAST_ACTIVITY_ANNOTATION;
 use deskpod_controller::workspace::render::{
-    self, OWNER_HASH_LABEL, VNC_PASSWORD_KEY, owner_hash, pod_name, vnc_secret_name,
+    self, DESKTOP_CONTAINER, OWNER_HASH_LABEL, VNC_PASSWORD_KEY, owner_hash, pod_name, vnc_secret_name,
 };
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -253,8 +253,7 @@ impl KubernetesBackend {
         let Some(workspace) = self.get_workspace(team, name).await? else {
             return Err(not_found(team, name));
         };
-        let running = workspace.status.as_ref().is_some_and(|s| s.phase == WorkspacePhase::Running);
-        if !workspace.spec.running || !running {
+        if !workspace.spec.running {
             return Ok(None);
         }
         let namespace = team_namespace(team);
@@ -273,6 +272,9 @@ impl KubernetesBackend {
             .then(|| workspace.annotations().get(DESKTOP_ENDPOINT_ANNOTATION))
             .flatten();
         let address = match overridden {
+            // The annotation stands in for a desktop kwok's pods never run: it is there once the
+            // Workspace is Running.
+            Some(_) if workspace.status.as_ref().is_none_or(|s| s.phase != WorkspacePhase::Running) => return Ok(None),
             Some(raw) => raw.parse::<SocketAddr>().map_err(|_| {
                 BackendError::Unavailable(format!(
                     "workspace {team}/{name}: annotation {DESKTOP_ENDPOINT_ANNOTATION} is not an address like 127.0.0.1:5901"
@@ -370,19 +372,61 @@ pub fn members_patch(resource_version: &str, members: &[TeamMember]) -> Patch<()
     Patch::Json(serde_json::from_value(ops).expect("two well-formed JSON patch operations"))
 }
 
+/// The cluster-scoped objects the admin pages write whole ([`KubernetesBackend::put_spec`]).
+trait AdminObject:
+    kube::Resource<Scope = kube::core::ClusterResourceScope, DynamicType = ()>
+    + Clone
+    + serde::Serialize
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+{
+    type Spec: Clone;
+    fn with_spec(name: &str, spec: Self::Spec) -> Self;
+    fn set_spec(&mut self, spec: Self::Spec);
+}
+
+impl AdminObject for Team {
+    type Spec = TeamSpec;
+    fn with_spec(name: &str, spec: TeamSpec) -> Self {
+        Team::new(name, spec)
+    }
+    fn set_spec(&mut self, spec: TeamSpec) {
+        self.spec = spec;
+    }
+}
+
+impl AdminObject for WorkspaceTemplate {
+    type Spec = WorkspaceTemplateSpec;
+    fn with_spec(name: &str, spec: WorkspaceTemplateSpec) -> Self {
+        WorkspaceTemplate::new(name, spec)
+    }
+    fn set_spec(&mut self, spec: WorkspaceTemplateSpec) {
+        self.spec = spec;
+    }
+}
+
 /// The namespace of a team's workspaces.
 pub fn team_namespace(team: &str) -> String {
     format!("team-{team}")
 }
 
-/// The address of a ready desktop pod: its IP and the template's port. The portal dials the pod
-/// directly, as JupyterHub does, rather than its Service: pod IPs route on every pod network,
-/// while a Service's cluster IP needs kube-proxy (or an equivalent) where the portal runs. Not
-/// ready (the readiness probe is the VNC port answering): `None`.
+/// The address of a desktop pod whose desktop container runs: its IP and the template's port.
+///
+/// The portal dials the pod directly, as JupyterHub does, rather than its Service: pod IPs route
+/// on every pod network, while a Service's cluster IP needs kube-proxy (or an equivalent) where
+/// the portal runs. It does not wait for the pod's Ready condition either: the kubelet probes the
+/// VNC port once a second at best, and the proxy's own connection is the better probe (it fails
+/// until the desktop answers, and the browser's page waits for the Workspace to be Running
+/// anyway). In single-host mode, too, the portal's connection is what decides.
 fn pod_address(pod: &Pod, port: i32) -> Option<SocketAddr> {
     let status = pod.status.as_ref()?;
-    let ready = status.conditions.as_deref().unwrap_or_default().iter().any(|c| c.type_ == "Ready" && c.status == "True");
-    let ip = status.pod_ip.as_deref().filter(|_| ready)?.parse().ok()?;
+    let running = status
+        .container_statuses
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.name == DESKTOP_CONTAINER && c.state.as_ref().is_some_and(|s| s.running.is_some()));
+    let ip = status.pod_ip.as_deref().filter(|_| running)?.parse().ok()?;
     Some(SocketAddr::new(ip, u16::try_from(port).ok()?))
 }
 
@@ -442,37 +486,44 @@ pub fn view(team: &str, ws: &Workspace) -> WorkspaceView {
     }
 }
 
-/// Administration: Teams and WorkspaceTemplates written by server-side apply.
+/// Administration: Teams and WorkspaceTemplates, written whole.
 impl KubernetesBackend {
-    /// Applies `spec` as the whole of what the portal manages in the object `name` (server-side
-    /// apply, [`FIELD_MANAGER`], forced). The API server validates (schema and CEL rules); its
-    /// refusal is [`BackendError::Invalid`] in its own words.
-    async fn apply<K, S>(&self, name: &str, spec: &S, what: &str) -> BackendResult<K>
-    where
-        K: kube::Resource<Scope = kube::core::ClusterResourceScope, DynamicType = ()>
-            + Clone
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug,
-        S: serde::Serialize,
-    {
+    /// Makes `spec` the whole spec of the object `name`: creates it, or replaces the spec of the
+    /// one there, guarded by its resourceVersion (retried when it changed meanwhile). The API
+    /// server validates (schema and CEL rules); its refusal is [`BackendError::Invalid`] in its
+    /// own words.
+    ///
+    /// A replace, not a server-side apply: what the admin saves is the spec, whoever wrote its
+    /// fields before. Members added by an invite (a patch) or with kubectl belong to other field
+    /// managers, and an apply would leave them in place when the admin removes them.
+    async fn put_spec<K: AdminObject>(&self, name: &str, spec: K::Spec, what: &str) -> BackendResult<K> {
         validate_workspace_name(name)
             .map_err(|e| BackendError::Invalid(e.replace("workspace", &K::kind(&()).to_lowercase())))?;
-        let object = json!({
-            "apiVersion": K::api_version(&()),
-            "kind": K::kind(&()),
-            "metadata": { "name": name },
-            "spec": spec,
-        });
-        let params = PatchParams::apply(FIELD_MANAGER).force();
-        match Api::<K>::all(self.client.clone()).patch(name, &params, &Patch::Apply(&object)).await {
-            Ok(applied) => Ok(applied),
-            Err(kube::Error::Api(status))
-                if status.is_invalid() || status.code == 400 || is_admission_refusal(&status) =>
-            {
-                Err(BackendError::Invalid(status.message))
+        let api = Api::<K>::all(self.client.clone());
+        let params = PostParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PostParams::default() };
+        for _ in 0..TEAM_PATCH_ATTEMPTS {
+            let written = match api.get_opt(name).await.map_err(|e| unavailable(what, e))? {
+                None => api.create(&params, &K::with_spec(name, spec.clone())).await,
+                Some(mut current) => {
+                    current.set_spec(spec.clone());
+                    current.meta_mut().managed_fields = None;
+                    api.replace(name, &params, &current).await
+                }
+            };
+            match written {
+                Ok(object) => return Ok(object),
+                Err(kube::Error::Api(status)) if status.is_conflict() || status.code == 409 => {
+                    tracing::debug!(name, "changed while saving; retrying");
+                }
+                Err(kube::Error::Api(status))
+                    if status.is_invalid() || status.code == 400 || is_admission_refusal(&status) =>
+                {
+                    return Err(BackendError::Invalid(status.message));
+                }
+                Err(e) => return Err(unavailable(what, e)),
             }
-            Err(e) => Err(unavailable(what, e)),
         }
+        Err(BackendError::Unavailable(format!("{name} kept changing; saving it failed {TEAM_PATCH_ATTEMPTS} times")))
     }
 
     /// Waits until the Team cache holds `applied` (or a later version), for at most
@@ -657,16 +708,14 @@ impl Backend for KubernetesBackend {
 
     fn put_team<'a>(&'a self, team: &'a str, spec: TeamSpec) -> BoxFuture<'a, BackendResult<()>> {
         Box::pin(async move {
-            let applied: Team = self.apply(team, &spec, "saving a team").await?;
+            let applied: Team = self.put_spec(team, spec, "saving a team").await?;
             self.wait_until_team_cached(&applied).await;
             Ok(())
         })
     }
 
     fn put_template<'a>(&'a self, template: &'a str, spec: WorkspaceTemplateSpec) -> BoxFuture<'a, BackendResult<()>> {
-        Box::pin(
-            async move { self.apply::<WorkspaceTemplate, _>(template, &spec, "saving a template").await.map(drop) },
-        )
+        Box::pin(async move { self.put_spec::<WorkspaceTemplate>(template, spec, "saving a template").await.map(drop) })
     }
 
     fn delete_template<'a>(&'a self, template: &'a str) -> BoxFuture<'a, BackendResult<()>> {
