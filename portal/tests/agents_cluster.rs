@@ -129,7 +129,8 @@ async fn agent_run_on_the_real_node_streams_the_jobs_real_output_and_exit_code()
 
     let mut rest = String::new();
     tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut rest).await.unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(60), cli.wait()).await.expect("deskpod agent run ends").unwrap();
+    let status =
+        tokio::time::timeout(Duration::from_secs(60), cli.wait()).await.expect("deskpod agent run ends").unwrap();
     let mut stderr = String::new();
     tokio::io::AsyncReadExt::read_to_string(cli.stderr.as_mut().unwrap(), &mut stderr).await.unwrap();
     assert_eq!(rest.lines().collect::<Vec<_>>(), ["step 2 as 1000 on build-agent", "step 3 as 1000 on build-agent"]);

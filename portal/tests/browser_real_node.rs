@@ -6,8 +6,9 @@
 //! to the pod's IP and must draw the XFCE desktop with its panel, which runs in the pod.
 //!
 //! Then the home: a file written in the pod's home directory is still there after the workspace
-//! is stopped and started (a new pod on the same claim), and deleting the workspace removes its
-//! pod, claim and volume.
+//! is stopped and started (a new pod on the same claim). The template's memory limit holds (a
+//! process allocating past it is killed), the team's namespace refuses a privileged pod (Pod
+//! Security `restricted`), and deleting the workspace removes its pod, claim and volume.
 //!
 //! The template places its pods with the fields a platform team would use for a node pool:
 //! `nodeSelector` (`deskpod.io/node: real`), a toleration of the node's taint and
@@ -43,7 +44,7 @@ const NODE: &str = "deskpod-real-node";
 const NOTE: &str = "/home/user/notes.txt";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_desktop_on_the_real_node_opens_in_the_browser_and_keeps_its_home_across_restarts() {
+async fn a_desktop_on_the_real_node_opens_in_the_browser_keeps_its_home_and_is_held_to_its_limits() {
     if std::env::var("DESKPOD_REAL_NODE").as_deref() != Ok("1") {
         eprintln!("skipped: set DESKPOD_REAL_NODE=1 (with a cluster started by `testcluster up --real-node`)");
         return;
@@ -133,6 +134,30 @@ async fn a_desktop_on_the_real_node_opens_in_the_browser_and_keeps_its_home_acro
     let ip = second.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap();
     assert_eq!(endpoint.address.ip().to_string(), ip);
 
+    // The template's memory limit (1 GiB) holds inside the desktop: a process that allocates and
+    // touches 1.5 GiB is killed by the kernel (SIGKILL, 137), and the desktop goes on.
+    let (code, _) = exec(&pods, &["python3", "-c", "b = bytearray(1536 * 1024 * 1024); print(len(b))"]).await;
+    assert_eq!(code, 137, "the allocation past the limit was not killed");
+    assert_eq!(exec(&pods, &["pgrep", "-u", "1000", "-x", "xfce4-panel"]).await.0, 0, "the desktop survived");
+
+    // The team's namespace enforces the restricted Pod Security Standard: a privileged pod is
+    // refused by admission, whatever the controller does.
+    let privileged: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": { "name": "privileged" },
+        "spec": { "containers": [{ "name": "main", "image": "deskpod/desktop-python:latest",
+                                   "securityContext": { "privileged": true } }] }
+    }))
+    .unwrap();
+    let refusal = pods.create(&Default::default(), &privileged).await.expect_err("a privileged pod is refused");
+    match refusal {
+        kube::Error::Api(status) => {
+            assert_eq!(status.code, 403, "{status:?}");
+            assert!(status.message.contains("violates PodSecurity \"restricted:latest\""), "{}", status.message);
+            assert!(status.message.contains("privileged"), "{}", status.message);
+        }
+        other => panic!("expected a PodSecurity refusal, got {other}"),
+    }
+
     // Deleting the workspace removes its pod, its home claim and the volume behind it.
     backend.delete_workspace(&f.team, WORKSPACE).await.unwrap();
     wait_deleted(&f.workspaces(), WORKSPACE, "the workspace", WAIT).await.unwrap();
@@ -156,7 +181,11 @@ async fn a_desktop_on_the_real_node_opens_in_the_browser_and_keeps_its_home_acro
 /// code and standard output.
 async fn exec(pods: &Api<Pod>, command: &[&str]) -> (i32, String) {
     let mut attached = pods
-        .exec(&pod_name(WORKSPACE), command.to_vec(), &AttachParams::default().container(DESKTOP_CONTAINER).stderr(false))
+        .exec(
+            &pod_name(WORKSPACE),
+            command.to_vec(),
+            &AttachParams::default().container(DESKTOP_CONTAINER).stderr(false),
+        )
         .await
         .unwrap_or_else(|e| panic!("exec {command:?}: {e}"));
     let mut stdout = String::new();

@@ -121,8 +121,10 @@ fn a_template_agent_takes_the_templates_image_environment_and_resources() {
 fn a_template_agent_goes_where_the_template_says_and_an_image_agent_anywhere() {
     let mut on_real_nodes = template();
     on_real_nodes.spec.node_selector = [("deskpod.io/node".to_string(), "real".to_string())].into();
-    on_real_nodes.spec.tolerations = serde_json::from_value(json!([{ "key": "deskpod.io/real-node", "operator": "Exists" }])).unwrap();
-    let spec = |a: CiAgent| render_pod(&validate(&a, Some(&on_real_nodes), &team(json!({}))).expect("valid")).spec.unwrap();
+    on_real_nodes.spec.tolerations =
+        serde_json::from_value(json!([{ "key": "deskpod.io/real-node", "operator": "Exists" }])).unwrap();
+    let spec =
+        |a: CiAgent| render_pod(&validate(&a, Some(&on_real_nodes), &team(json!({}))).expect("valid")).spec.unwrap();
     let placed = spec(agent(json!({ "template": "rust" }), json!({})));
     assert_eq!(placed.node_selector.unwrap()["deskpod.io/node"], "real");
     assert_eq!(placed.tolerations.unwrap()[0].operator.as_deref(), Some("Exists"));

@@ -552,7 +552,9 @@ pub fn render_pod(d: &DesiredWorkspace) -> Pod {
         ]),
         readiness_probe: Some(Probe {
             tcp_socket: Some(TCPSocketAction { port: IntOrString::Int(d.port), host: None }),
-            period_seconds: Some(2),
+            // The shortest period: the Workspace turns Running (and the browser opens the
+            // desktop) at most a second after the desktop answers.
+            period_seconds: Some(1),
             ..Default::default()
         }),
         ..Default::default()

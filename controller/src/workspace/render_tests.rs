@@ -491,7 +491,7 @@ fn pod_exposes_the_vnc_port_and_is_ready_when_it_accepts_connections() {
         probe.tcp_socket.as_ref().unwrap().port,
         k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(6902)
     );
-    assert_eq!(probe.period_seconds, Some(2));
+    assert_eq!(probe.period_seconds, Some(1));
 }
 
 #[rstest]

@@ -228,7 +228,11 @@ async fn running_desktop(backend: &dyn Backend, workspace: &WorkspaceView) -> Re
         field: None,
         message: format!("The workspace {team}/{name} is {phase:?}, not Running: start it, then open its desktop."),
     };
-    if workspace.phase != Phase::Running {
+    // A desktop still starting may already answer (Kubernetes marks its pod ready a second after
+    // the desktop listens at best): the backend knows whether there is anything to dial yet, and
+    // the connection itself tells whether the desktop answers.
+    let starting = workspace.running && matches!(workspace.phase, Phase::Creating | Phase::Starting);
+    if workspace.phase != Phase::Running && !starting {
         return Err(not_running(workspace.phase).into());
     }
     backend.desktop(team, name).await?.ok_or_else(|| not_running(Phase::Starting).into())

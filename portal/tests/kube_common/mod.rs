@@ -89,7 +89,12 @@ impl Fixture {
     }
 
     /// [`Fixture::new`] with the template's `spec` given.
-    pub async fn with_template(prefix: &str, workspaces: i32, allow_endpoint_override: bool, template_spec: Value) -> Self {
+    pub async fn with_template(
+        prefix: &str,
+        workspaces: i32,
+        allow_endpoint_override: bool,
+        template_spec: Value,
+    ) -> Self {
         let ns = TestCluster::shared().namespace(prefix).await.expect("test namespace");
         let client = ns.client.clone();
         let controllers = start_controllers(client.clone());

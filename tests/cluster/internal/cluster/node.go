@@ -909,7 +909,7 @@ func (s *supervisor) provisionRealNodeVolumes(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(300 * time.Millisecond):
+		case <-time.After(100 * time.Millisecond):
 		}
 		s.reclaimRealNodeVolumes(ctx)
 		code, body, err := s.api.do(ctx, http.MethodGet, "/api/v1/persistentvolumeclaims", nil)
