@@ -15,7 +15,10 @@ pub enum Error {
 }
 
 impl Error {
-    /// A fixed, low-cardinality name for metrics labels and logs.
+    /// Every [`Error::category`], so the error counters can start at 0 for each.
+    pub const CATEGORIES: [&str; 4] = ["apply", "delete", "list", "shutdown"];
+
+    /// A fixed, low-cardinality name for metrics labels and logs (one of [`Self::CATEGORIES`]).
     pub fn category(&self) -> &'static str {
         match self {
             Error::Apply { .. } => "apply",

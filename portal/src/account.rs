@@ -8,6 +8,7 @@ use crate::audit::{self, AuditAction, SYSTEM_ACTOR};
 use crate::auth::password;
 use crate::authz::account_is_active;
 use crate::error::{Error, Result};
+use crate::metrics::SignIn;
 use crate::state::AppState;
 use crate::store::{GlobalRole, NewUser, Outcome, Store, User};
 
@@ -136,6 +137,7 @@ pub async fn sign_in(state: &AppState, email: &str, password: String, remote: Op
     let store = state.store.as_ref();
     if limiter.is_limited(&account, remote) {
         audit::record(store, &account, AuditAction::SignIn, &account, Outcome::Denied, remote).await;
+        state.metrics.sign_in("password", SignIn::RateLimited);
         return Err(Error::TooManyRequests(TOO_MANY_FAILURES.into()));
     }
     let user = state.store.user(&account).await?;
@@ -145,11 +147,13 @@ pub async fn sign_in(state: &AppState, email: &str, password: String, remote: Op
         Some(user) if password_ok && account_is_active(&user, Timestamp::now()) => {
             limiter.clear(&account, remote);
             audit::record(store, &account, AuditAction::SignIn, &account, Outcome::Success, remote).await;
+            state.metrics.sign_in("password", SignIn::Success);
             Ok(user)
         }
         _ => {
             limiter.record_failure(&account, remote);
             audit::record(store, &account, AuditAction::SignIn, &account, Outcome::Failure, remote).await;
+            state.metrics.sign_in("password", SignIn::Failure);
             Err(Error::Unauthenticated(WRONG_CREDENTIALS.into()))
         }
     }

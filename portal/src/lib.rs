@@ -40,6 +40,7 @@ pub mod error;
 pub mod http;
 pub mod invite;
 pub mod membership;
+pub mod metrics;
 pub mod random;
 pub mod state;
 pub mod store;

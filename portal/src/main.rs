@@ -34,6 +34,12 @@ struct Cli {
     #[arg(long, env = "DESKPOD_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
 
+    /// Address of the Prometheus metrics listener (`/metrics`), apart from the portal's routes and
+    /// without authentication: bind it where only the scraper reaches it, such as 127.0.0.1:9090
+    /// or the pod's address behind a NetworkPolicy. Unset: no metrics listener.
+    #[arg(long, env = "DESKPOD_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+
     /// SQLite database holding users, password hashes, API tokens, invites, the audit log and the
     /// generated session signing key. A relative path is relative to the working directory; the
     /// file is created (mode 0600) on first start. `:memory:` keeps everything in memory only.
@@ -175,6 +181,20 @@ async fn main() -> anyhow::Result<()> {
     let oidc_secret = secret_from_env(oidc::CLIENT_SECRET_ENV)?;
     if let Some(client) = OidcClient::from_args(&cli.oidc, &state.config.public_url, oidc_secret).await? {
         state = state.with_oidc(Arc::new(client));
+    }
+
+    if let Some(address) = cli.metrics_listen {
+        let mut registry = prometheus_client::registry::Registry::default();
+        state = state.with_metrics(deskpod_portal::metrics::Metrics::register(&mut registry));
+        let listener =
+            tokio::net::TcpListener::bind(address).await.with_context(|| format!("binding {address} for metrics"))?;
+        tracing::info!(%address, "metrics listening: /metrics");
+        let router = deskpod_portal::metrics::router(Arc::new(registry));
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, router).await {
+                tracing::error!(%error, "the metrics listener stopped");
+            }
+        });
     }
 
     let listener =

@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::error::Result;
 use crate::invite::{InviteHook, RedirectHome};
 use crate::membership::MembershipSource;
+use crate::metrics::Metrics;
 use crate::store::Store;
 
 /// The portal's shared state; cheap to clone (everything is behind an `Arc`).
@@ -29,6 +30,8 @@ pub struct AppState {
     pub oidc: Option<Arc<crate::auth::OidcClient>>,
     /// Where workspaces run (Kubernetes or single-host Docker).
     pub backend: Arc<dyn Backend>,
+    /// What the metrics listener serves; counted but served nowhere unless [`Self::with_metrics`].
+    pub metrics: Metrics,
 }
 
 impl AppState {
@@ -43,6 +46,7 @@ impl AppState {
             sign_in_limiter: Arc::new(SignInLimiter::default()),
             oidc: None,
             backend: Arc::new(Unconfigured),
+            metrics: Metrics::default(),
         }
     }
 
@@ -56,6 +60,12 @@ impl AppState {
     /// Offers sign-in through the OpenID Connect provider `client` talks to.
     pub fn with_oidc(mut self, client: Arc<crate::auth::OidcClient>) -> Self {
         self.oidc = Some(client);
+        self
+    }
+
+    /// Counts into `metrics` (registered into the registry the metrics listener serves).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
         self
     }
 

@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client;
@@ -111,9 +111,10 @@ async fn the_portal_started_with_defaults_serves_a_desktop_to_the_printed_admin_
     std::fs::create_dir_all(&dir).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let base = format!("http://127.0.0.1:{port}");
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_deskpod-portal"))
         .args(["--database", dir.join("deskpod.db").to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--public-url", &base])
+        .args(["--public-url", &base, "--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
         .env_remove("DESKPOD_BACKEND")
         .env_remove("DESKPOD_ADMIN_PASSWORD")
         .stdout(Stdio::piped())
@@ -190,5 +191,36 @@ async fn the_portal_started_with_defaults_serves_a_desktop_to_the_printed_admin_
     let (mut ws, _) = tokio_tungstenite::connect_async(request).await.expect("the desktop websocket");
     let Some(Ok(Message::Binary(banner))) = ws.next().await else { panic!("no banner through the proxy") };
     assert_eq!(&banner[..], b"RFB 003.008\n");
+
+    // The single-host portal counts on its metrics listener as on Kubernetes: the sign-in, the
+    // creation, the open desktop session. When the portal greets the browser itself (security
+    // None offered alone), the relay starts once that greeting is done, so it is answered.
+    ws.send(Message::Binary(Bytes::from_static(b"RFB 003.008\n"))).await.unwrap();
+    let Some(Ok(Message::Binary(security))) = ws.next().await else { panic!("no security types") };
+    if security[..] == [1, 1] {
+        ws.send(Message::Binary(Bytes::from_static(&[1]))).await.unwrap();
+        let Some(Ok(Message::Binary(result))) = ws.next().await else { panic!("no security result") };
+        assert_eq!(&result[..], [0, 0, 0, 0]);
+    }
+    let scrape = || async {
+        let metrics = format!("http://127.0.0.1:{metrics_port}/metrics");
+        let response = session.http.get(metrics.parse().unwrap()).await.expect("the metrics listener answers");
+        assert_eq!(response.status(), StatusCode::OK);
+        String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    };
+    let started = Instant::now();
+    let mut text = scrape().await;
+    while !text.contains("deskpod_portal_desktop_sessions 1") {
+        assert!(started.elapsed() < Duration::from_secs(10), "no desktop session counted:\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        text = scrape().await;
+    }
+    for series in [
+        r#"deskpod_portal_sign_ins_total{method="password",outcome="success"} 1"#,
+        r#"deskpod_portal_workspace_creates_total{outcome="created"} 1"#,
+        r#"deskpod_portal_http_requests_total{route="/api/v1/workspaces",method="POST",status="2xx"} 1"#,
+    ] {
+        assert!(text.lines().any(|line| line == series), "{series} in:\n{text}");
+    }
     drop(portal);
 }

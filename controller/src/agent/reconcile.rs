@@ -669,6 +669,7 @@ pub async fn run(client: Client, settings: AgentSettings, metrics: Metrics) {
     let controller =
         Controller::new(Api::<CiAgent>::all(client.clone()), watcher::Config::default()).with_config(config);
     let agents = controller.store();
+    metrics.watch_agents(agents.clone(), pods.clone());
     let ctx = Arc::new(Context {
         client: client.clone(),
         settings,

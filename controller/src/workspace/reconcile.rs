@@ -459,6 +459,17 @@ async fn write_status(ctx: &Context, ws: &Workspace, outcome: Outcome) -> Result
     .await
     .map_err(|source| Error::Apply { kind: "Workspace status".into(), name: ws.name_any(), source })?;
     ctx.stages.forget(&key(ws));
+    if status.phase == WorkspacePhase::Running && previous.phase != WorkspacePhase::Running {
+        let pod = ctx
+            .owned
+            .pods
+            .get(&ObjectRef::new(&render::pod_name(&ws.name_any())).within(&ws.namespace().unwrap_or_default()));
+        if let (Some(created), Some(ready)) =
+            (pod.and_then(|p| p.metadata.creation_timestamp.clone()), &status.started_at)
+        {
+            ctx.metrics.became_ready(created.0, ready.0);
+        }
+    }
 
     // The controller's own decisions get an Event; what the pod goes through (scheduling, image
     // pulls, crashes) already has Events on the pod from the scheduler and the kubelet.
@@ -554,6 +565,7 @@ pub async fn run(client: Client, route: RouteSettings, metrics: Metrics) {
     let mut controller =
         Controller::new(Api::<Workspace>::all(client.clone()), watcher::Config::default()).with_config(config);
     let store = controller.store();
+    ctx.metrics.watch_workspaces(store.clone());
     // A team's workspaces are checked again when the team changes (limits, members), and a
     // template's when it changes or appears.
     let in_team = {

@@ -112,8 +112,8 @@ fn install_tracing() {
     let _ = tracing_subscriber::registry().with(logs).with(CountReconciles).try_init();
 }
 
-/// The kubeconfig of a fresh user bound only to the chart's ClusterRole.
-async fn controller_kubeconfig(ns: &TestNamespace) -> std::path::PathBuf {
+/// The kubeconfig of a fresh user bound only to the chart's ClusterRole (once per namespace).
+pub async fn controller_kubeconfig(ns: &TestNamespace) -> std::path::PathBuf {
     // The controller's logs appear with a failing test's output; DESKPOD_TEST_LOG (an env-filter
     // such as `kube_runtime=debug`) shows more.
     install_tracing();

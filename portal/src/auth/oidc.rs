@@ -44,6 +44,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::RwLock;
 
+use crate::metrics::SignIn;
+
 use super::Keys;
 use super::extract::{read_cookie, safe_return_path};
 use crate::account::{normalize_email, validate_display_name};
@@ -925,17 +927,20 @@ pub async fn finish(
         Err(error) => {
             let outcome = if error.status().is_server_error() { Outcome::Failure } else { Outcome::Denied };
             audit::record(store, "unknown", AuditAction::SignInOidc, &client.settings.issuer, outcome, remote).await;
+            state.metrics.sign_in("oidc", SignIn::Failure);
             return Err(error);
         }
     };
     match account_for(state, &client.settings, &identity).await {
         Ok(user) => {
             audit::record(store, &user.id, AuditAction::SignInOidc, &user.id, Outcome::Success, remote).await;
+            state.metrics.sign_in("oidc", SignIn::Success);
             Ok((user, next))
         }
         Err(error) => {
             let email = &identity.email;
             audit::record(store, email, AuditAction::SignInOidc, email, Outcome::Denied, remote).await;
+            state.metrics.sign_in("oidc", SignIn::Failure);
             Err(error)
         }
     }

@@ -325,7 +325,8 @@ async fn websockify(
     let endpoint = running_desktop(state.backend.as_ref(), &workspace).await?;
     let offered = request.headers().get(SEC_WEBSOCKET_PROTOCOL).cloned();
     let on_upgrade = hyper::upgrade::on(&mut request);
-    let activity = Activity::new(state.backend.clone(), clock, team.clone(), name.clone());
+    let activity =
+        Activity::new(state.backend.clone(), clock, team.clone(), name.clone()).with_metrics(state.metrics.clone());
     tracing::info!(user = %user.id(), %team, %name, "opening a desktop");
     match endpoint.protocol {
         Protocol::Novnc => {
@@ -473,7 +474,7 @@ async fn kasm_proxy(
         let offered = request.headers().get(SEC_WEBSOCKET_PROTOCOL).cloned();
         let on_upgrade = hyper::upgrade::on(&mut request);
         let (desktop, protocol) = connect_kasm_websocket(&endpoint, &path_and_query, &team, &name, offered).await?;
-        let activity = Activity::new(state.backend.clone(), clock, team, name);
+        let activity = Activity::new(state.backend.clone(), clock, team, name).with_metrics(state.metrics.clone());
         relay::spawn_relay(on_upgrade, desktop, BrowserSide::PassThrough, activity);
         return Ok(relay::switching_protocols(&key, protocol));
     }

@@ -47,6 +47,7 @@ pub fn app(state: AppState) -> Router {
         .merge(admin_teams::router())
         .merge(admin_templates::router())
         .layer(middleware::map_response(security_headers))
+        .layer(middleware::from_fn_with_state(state.metrics.clone(), crate::metrics::track_requests))
         .with_state(state)
 }
 

@@ -178,6 +178,7 @@ pub(crate) async fn create(
 ) -> Result<WorkspaceView> {
     let object = format!("{}/{}", request.team, request.name);
     let result = create_checked(state, user, request).await;
+    state.metrics.workspace_create(result.as_ref().map_or_else(Error::status, |_| StatusCode::CREATED));
     audit(state, user, Action::Create, object, remote, &result).await;
     result
 }

@@ -160,6 +160,79 @@ fn assert_restricted(name: &str, pod: &PodSpec) {
     }
 }
 
+/// The container port `name` of a Deployment's first container.
+fn container_port(deployment: &Value, name: &str) -> Option<Value> {
+    let ports = deployment["spec"]["template"]["spec"]["containers"][0]["ports"].as_array()?;
+    ports.iter().find(|p| p["name"] == name).map(|p| p["containerPort"].clone())
+}
+
+fn args_of(deployment: &Value) -> Vec<String> {
+    serde_json::from_value(deployment["spec"]["template"]["spec"]["containers"][0]["args"].clone()).expect("args")
+}
+
+/// Whether a ServiceMonitor's `matchLabels` select a Service.
+fn selects(monitor: &Value, service: &Value) -> bool {
+    let wanted = monitor["spec"]["selector"]["matchLabels"].as_object().expect("matchLabels");
+    wanted.iter().all(|(k, v)| &service["metadata"]["labels"][k] == v)
+}
+
+#[test]
+fn metrics_listen_apart_and_the_grafana_dashboard_ships_when_asked() {
+    // By default the portal serves /metrics on a port and ClusterIP Service of its own, which the
+    // NetworkPolicy opens like the controller's; no dashboard ConfigMap.
+    let docs = render("deskpod-system", &[]);
+    let portal = named(&docs, "Deployment", "deskpod-portal");
+    assert!(args_of(portal).windows(2).any(|w| w == ["--metrics-listen", "0.0.0.0:9090"]), "{:?}", args_of(portal));
+    assert_eq!(container_port(portal, "metrics"), Some(json!(9090)));
+    let metrics = named(&docs, "Service", "deskpod-portal-metrics");
+    assert_eq!(
+        metrics["spec"]["ports"],
+        json!([{ "name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP" }])
+    );
+    let public = named(&docs, "Service", "deskpod-portal");
+    assert_eq!(public["spec"]["ports"].as_array().map(Vec::len), Some(1), "the public Service has no metrics port");
+    let policy = named(&docs, "NetworkPolicy", "deskpod-portal");
+    let rules = policy["spec"]["ingress"].as_array().expect("ingress rules");
+    assert!(rules.iter().any(|r| r["ports"][0]["port"] == "metrics"), "{rules:?}");
+    assert!(of_kind(&docs, "ConfigMap").is_empty());
+
+    // Asked for: ServiceMonitors for both, each selecting its metrics Service only, and the
+    // dashboard ConfigMap for Grafana's sidecar, holding the dashboard file as it is.
+    let docs = render(
+        "deskpod-system",
+        &[
+            "serviceMonitor.enabled=true",
+            "grafanaDashboard.enabled=true",
+            "grafanaDashboard.annotations.grafana_folder=Deskpod",
+            "portal.service.type=LoadBalancer",
+        ],
+    );
+    assert_eq!(named(&docs, "Service", "deskpod-portal-metrics")["spec"]["type"], "ClusterIP");
+    let monitor = named(&docs, "ServiceMonitor", "deskpod-portal");
+    assert!(selects(monitor, named(&docs, "Service", "deskpod-portal-metrics")));
+    assert!(!selects(monitor, named(&docs, "Service", "deskpod-portal")), "not the public Service");
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+    let controller = named(&docs, "ServiceMonitor", "deskpod-controller");
+    assert!(selects(controller, named(&docs, "Service", "deskpod-controller-metrics")));
+    let dashboard = named(&docs, "ConfigMap", "deskpod-grafana-dashboard");
+    assert_eq!(dashboard["metadata"]["namespace"], "deskpod-system");
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    assert_eq!(dashboard["metadata"]["annotations"]["grafana_folder"], "Deskpod");
+    let shipped: Value = serde_json::from_str(dashboard["data"]["deskpod.json"].as_str().expect("deskpod.json"))
+        .expect("the shipped dashboard is valid JSON");
+    let file = std::fs::read_to_string(repo_root().join("charts/deskpod/dashboards/deskpod.json")).expect("dashboard");
+    assert_eq!(shipped, serde_json::from_str::<Value>(&file).expect("the file is JSON"), "shipped unchanged");
+    assert_eq!(shipped["title"], "Deskpod");
+
+    // Turned off, the portal has no metrics listener, Service or ServiceMonitor.
+    let docs = render("deskpod-system", &["serviceMonitor.enabled=true", "portal.metrics.enabled=false"]);
+    let portal = named(&docs, "Deployment", "deskpod-portal");
+    assert!(!args_of(portal).contains(&"--metrics-listen".to_owned()));
+    assert_eq!(container_port(portal, "metrics"), None);
+    assert!(!docs.iter().any(|d| d["metadata"]["name"] == "deskpod-portal-metrics"));
+    assert_eq!(of_kind(&docs, "ServiceMonitor").len(), 1, "the controller's only");
+}
+
 #[test]
 fn schema_refuses_bad_values_by_name() {
     for (set, names) in [
@@ -170,6 +243,8 @@ fn schema_refuses_bad_values_by_name() {
         ("portal.replicas=2", "/portal/replicas"),
         ("controller.routing.routeMode=subdomain", "/controller/routing/routeMode"),
         ("controller.replica=3", "'replica' not allowed"),
+        ("portal.metrics.port=0", "/portal/metrics/port"),
+        ("grafanaDashboard.enabled=maybe", "/grafanaDashboard/enabled"),
     ] {
         let output = run_helm(&["template", "deskpod", "charts/deskpod", "--set", set]);
         let stderr = String::from_utf8_lossy(&output.stderr);

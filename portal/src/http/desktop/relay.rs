@@ -27,6 +27,7 @@ use tracing::Instrument;
 use super::DesktopError;
 use super::rfb::{self, InputParser};
 use crate::backend::Backend;
+use crate::metrics::Metrics;
 
 /// How often a workspace's last input is written to the backend, at most.
 pub const RECORD_INPUT_EVERY: Duration = Duration::from_secs(60);
@@ -77,11 +78,19 @@ pub struct Activity {
     pub name: String,
     /// Before this, input on this connection is not even checked against the clock.
     quiet_until: Option<Instant>,
+    /// Where the relay counts its bytes and sessions.
+    metrics: Metrics,
 }
 
 impl Activity {
     pub fn new(backend: Arc<dyn Backend>, clock: Arc<InputClock>, team: String, name: String) -> Self {
-        Self { backend, clock, team, name, quiet_until: None }
+        Self { backend, clock, team, name, quiet_until: None, metrics: Metrics::default() }
+    }
+
+    /// Counts this connection's traffic and session into `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The user typed or moved the mouse.
@@ -220,6 +229,15 @@ where
     B: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
+    // Payload bytes (what the RFB stream carries; websocket framing is not counted), and the
+    // session, counted while the relay runs whichever way it ends.
+    let metrics = activity.metrics.clone();
+    let _session = metrics.desktop_session();
+    let payload = |message: &Message| match message {
+        Message::Binary(data) => data.len(),
+        Message::Text(text) => text.len(),
+        _ => 0,
+    };
     let (mut to_browser, from_browser) = browser.split();
     let (mut to_desktop, from_desktop) = desktop.split();
     let passes = |message: &Message| {
@@ -228,6 +246,7 @@ where
     let upstream = from_browser
         .try_filter(passes)
         .inspect_ok(|message| {
+            metrics.browser_to_desktop(payload(message));
             if let Message::Binary(data) = message
                 && parser.feed(data)
             {
@@ -235,7 +254,10 @@ where
             }
         })
         .forward(&mut to_desktop);
-    let downstream = from_desktop.try_filter(passes).forward(&mut to_browser);
+    let downstream = from_desktop
+        .try_filter(passes)
+        .inspect_ok(|message| metrics.desktop_to_browser(payload(message)))
+        .forward(&mut to_browser);
     let ended = tokio::select! {
         result = upstream => result.map_or_else(|e| Ended::Error(e.to_string()), |()| Ended::Browser),
         result = downstream => result.map_or_else(|e| Ended::Error(e.to_string()), |()| Ended::Desktop),
