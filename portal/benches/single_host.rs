@@ -16,35 +16,21 @@
 //! be built (`cargo run -p deskpod-images -- build --only python`). Targets (issue #5): portal p50
 //! ≤ 1.3 × baseline p50, portal p99 ≤ 2 s. Exits 1 when one is missed.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod startup;
 
-use deskpod_controller::api::{TeamMember, TeamQuota, TeamRole, TeamSpec, WorkspaceTemplateSpec};
+use std::time::Duration;
+
 use deskpod_portal::backend::Backend;
-use deskpod_portal::backend::docker::{DockerBackend, desktop_template};
-use deskpod_portal::client::{ApiClient, Credentials};
-use deskpod_portal::store::{GlobalRole, NewApiToken, NewUser, SqliteStore, Store};
-use deskpod_portal::token::{Scope, hash_secret};
-use deskpod_portal::{AppState, Config, Keys, PublicUrl, StaticMemberships};
-use futures::StreamExt;
-use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-
-const IMAGE: &str = "deskpod/desktop-python:latest";
-const USER: &str = "bench@example.com";
-const PER_RUN_LIMIT: Duration = Duration::from_secs(60);
+use startup::{IMAGE, SingleHost, ms, p50_p99};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let runs = runs_from_args()?;
+    let runs = startup::runs_from_args("single_host", 20)?;
     let docker = deskpod_images::connect_docker().await?;
     docker.inspect_image(IMAGE).await.map_err(|_| {
         anyhow::anyhow!("{IMAGE} is not built; run `cargo run -p deskpod-images -- build --only python`")
     })?;
-    let portal = Portal::start().await?;
+    let host = SingleHost::start().await?;
 
     let mut baseline = Vec::new();
     let mut through_portal = Vec::new();
@@ -52,8 +38,8 @@ async fn main() -> anyhow::Result<()> {
         let timing = deskpod_images::probe::time_to_banner(&docker, IMAGE, None).await?;
         baseline.push(timing.to_banner);
         let name = format!("run{run}");
-        let took = portal.request_to_banner(&name).await;
-        portal.backend.delete_workspace(&portal.team, &name).await?;
+        let took = host.served.request_to_banner(&host.team, "python", &name).await;
+        host.backend.delete_workspace(&host.team, &name).await?;
         through_portal.push(took?);
         eprintln!(
             "run {:>2}: docker run → banner {:>6.0} ms; request → banner through the portal {:>6.0} ms",
@@ -62,10 +48,10 @@ async fn main() -> anyhow::Result<()> {
             ms(through_portal[run])
         );
     }
-    portal.cleanup().await;
+    host.stop().await;
 
-    let (base_p50, base_p99) = (percentile(&baseline, 50), percentile(&baseline, 99));
-    let (portal_p50, portal_p99) = (percentile(&through_portal, 50), percentile(&through_portal, 99));
+    let (base_p50, base_p99) = p50_p99(&baseline);
+    let (portal_p50, portal_p99) = p50_p99(&through_portal);
     let ratio = portal_p50.as_secs_f64() / base_p50.as_secs_f64();
     println!("single-host start-up, {runs} runs each, image {IMAGE} cached:");
     println!("  bare docker run → VNC banner:              p50 {:>6.0} ms  p99 {:>6.0} ms", ms(base_p50), ms(base_p99));
@@ -88,154 +74,4 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("targets missed: {}", missed.join("; "));
         std::process::exit(1);
     }
-}
-
-fn runs_from_args() -> anyhow::Result<usize> {
-    let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
-    let mut runs = 20;
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--runs" => {
-                runs = args
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| anyhow::anyhow!("--runs needs a positive number"))?
-            }
-            other => anyhow::bail!("unknown argument {other:?}; usage: single_host [--runs N]"),
-        }
-    }
-    Ok(runs)
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// The nearest-rank percentile.
-fn percentile(samples: &[Duration], p: usize) -> Duration {
-    let mut sorted = samples.to_vec();
-    sorted.sort();
-    let rank = (p * sorted.len()).div_ceil(100).max(1);
-    sorted[rank - 1]
-}
-
-/// A portal on the Docker backend on a real socket, with a team, a template, a user, an API token
-/// and a session cookie.
-struct Portal {
-    backend: Arc<DockerBackend>,
-    team: String,
-    addr: SocketAddr,
-    api: ApiClient,
-    cookie: String,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl Portal {
-    async fn start() -> anyhow::Result<Self> {
-        let store = SqliteStore::open_in_memory()?;
-        let backend = Arc::new(DockerBackend::connect(store.clone()).await?);
-        let team = format!("bench{}", std::process::id());
-        backend.put_template("python", template()).await?;
-        let spec = TeamSpec {
-            quota: TeamQuota { memory: Some(Quantity("8Gi".into())), ..TeamQuota::default() },
-            members: vec![TeamMember { user: USER.into(), role: TeamRole::Engineer, expires_at: None }],
-            ..TeamSpec::default()
-        };
-        backend.put_team(&team, spec).await?;
-
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let keys = Keys::load(&store, None).await?;
-        let config = Config::new(PublicUrl::parse(&format!("http://{addr}"))?);
-        let user = NewUser {
-            id: USER.into(),
-            display_name: "bench".into(),
-            role: GlobalRole::User,
-            password_hash: None,
-            expires_at: None,
-        };
-        store.create_user(user).await?;
-        let secret = format!("dpt_bench{}", deskpod_portal::random::url_safe::<24>()?);
-        let token = NewApiToken {
-            id: deskpod_portal::random::hex::<8>()?,
-            user_id: USER.into(),
-            name: "bench".into(),
-            scopes: vec![Scope::WorkspacesRead, Scope::WorkspacesWrite],
-            secret_hash: hash_secret(&secret),
-            expires_at: Timestamp::now() + SignedDuration::from_hours(1),
-        };
-        store.create_token(token).await?;
-        let (session, _) =
-            deskpod_portal::auth::session::issue(&keys, Duration::from_secs(3600), USER, Timestamp::now())?;
-        let state = AppState::new(config, Arc::new(store), keys, Arc::new(StaticMemberships::new()))
-            .with_backend(backend.clone());
-        let app = deskpod_portal::app(state);
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await;
-        });
-        let api = ApiClient::new(Credentials { url: format!("http://{addr}"), token: secret })?;
-        Ok(Self { backend, team, addr, api, cookie: format!("deskpod_session={session}"), server })
-    }
-
-    /// From the create request to the banner on the desktop websocket through the portal.
-    async fn request_to_banner(&self, name: &str) -> anyhow::Result<Duration> {
-        let started = Instant::now();
-        let body = serde_json::json!({ "team": self.team, "name": name, "template": "python" });
-        self.api.call(axum::http::Method::POST, "/api/v1/workspaces", Some(&body)).await?;
-        let created = started.elapsed();
-        let url = format!("ws://{}/workspaces/{}/{name}/websockify", self.addr, self.team);
-        let mut last_error = String::new();
-        while started.elapsed() < PER_RUN_LIMIT {
-            match self.banner(&url).await {
-                Ok(banner) if banner == "RFB 003.008\n" => {
-                    eprintln!("  (the create request answered after {:.0} ms)", ms(created));
-                    return Ok(started.elapsed());
-                }
-                Ok(other) => anyhow::bail!("the portal greeted with {other:?}"),
-                Err(error) => last_error = error,
-            }
-            // Not running yet (the portal answers 409): ask again, as often as the baseline does.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        anyhow::bail!("no banner through the portal within {PER_RUN_LIMIT:?}: {last_error}")
-    }
-
-    async fn banner(&self, url: &str) -> Result<String, String> {
-        let mut request = url.into_client_request().map_err(|e| e.to_string())?;
-        let headers = request.headers_mut();
-        headers.insert("cookie", self.cookie.parse().map_err(|_| "cookie")?);
-        headers.insert("origin", format!("http://{}", self.addr).parse().map_err(|_| "origin")?);
-        headers.insert("sec-websocket-protocol", "binary".parse().map_err(|_| "protocol")?);
-        let (mut ws, _) = tokio_tungstenite::connect_async(request).await.map_err(|e| e.to_string())?;
-        let mut banner = Vec::new();
-        while banner.len() < 12 {
-            match ws.next().await {
-                Some(Ok(Message::Binary(bytes))) => banner.extend_from_slice(&bytes),
-                Some(Ok(Message::Close(frame))) => return Err(format!("closed: {frame:?}")),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(e.to_string()),
-                None => return Err("closed before the banner".into()),
-            }
-        }
-        let _ = ws.close(None).await;
-        Ok(String::from_utf8_lossy(&banner).into_owned())
-    }
-
-    async fn cleanup(self) {
-        self.server.abort();
-        let Portal { backend, team, .. } = self;
-        if let Ok(workspaces) = backend.workspaces(&team, None).await {
-            for ws in workspaces {
-                let _ = backend.delete_workspace(&team, &ws.name).await;
-            }
-        }
-        let _ = std::process::Command::new("docker").args(["network", "rm", &backend.names().network(&team)]).output();
-    }
-}
-
-/// The template the benchmark starts: the same limits as the baseline's container (1 CPU, 1 GiB,
-/// 256 MiB of /dev/shm).
-fn template() -> WorkspaceTemplateSpec {
-    desktop_template("Python", IMAGE, "1", "1Gi", "256Mi")
 }
