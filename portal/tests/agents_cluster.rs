@@ -25,16 +25,7 @@ use serde_json::json;
 async fn agent_run_on_the_cluster_exits_with_the_jobs_code_and_removes_the_agent() {
     let _one = ONE_CONTROLLER.lock().await;
     let f = Fixture::new("portal-agents", 2, false).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let app = f.portal.app().into_make_service_with_connect_info::<SocketAddr>();
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
-
-    let mut alice = Browser::signed_in(&f.portal, &f.alice).await;
-    let csrf = alice.session_csrf(&f.portal).await;
-    let body = json!({ "name": "ci", "scopes": ["agents:run"] }).to_string();
-    let created = alice.api(&f.portal, Method::POST, "/api/v1/tokens", Some(&csrf), Some(&body)).await;
-    let token = created.json()["secret"].as_str().expect("the secret, shown once").to_string();
+    let (url, token, server) = serve_with_agent_token(&f).await;
 
     let cli = tokio::process::Command::new(env!("CARGO_BIN_EXE_deskpod"))
         .args(["agent", "run", "--team", &f.team, "--image", "deskpod/ci-agent:latest", "--name", "build"])
@@ -90,15 +81,7 @@ async fn agent_run_on_the_real_node_streams_the_jobs_real_output_and_exit_code()
         "tolerations": [{ "key": "deskpod.io/real-node", "operator": "Exists", "effect": "NoSchedule" }]
     });
     let f = Fixture::with_template("real-agents", 2, false, template).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let app = f.portal.app().into_make_service_with_connect_info::<SocketAddr>();
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
-    let mut alice = Browser::signed_in(&f.portal, &f.alice).await;
-    let csrf = alice.session_csrf(&f.portal).await;
-    let body = json!({ "name": "ci", "scopes": ["agents:run"] }).to_string();
-    let created = alice.api(&f.portal, Method::POST, "/api/v1/tokens", Some(&csrf), Some(&body)).await;
-    let token = created.json()["secret"].as_str().expect("the secret, shown once").to_string();
+    let (url, token, server) = serve_with_agent_token(&f).await;
 
     // Three lines two seconds apart: the first is printed while the job still runs.
     let script = "for i in 1 2 3; do echo \"step $i as $(id -u) on $(hostname)\"; sleep 2; done; exit 3";
@@ -138,4 +121,19 @@ async fn agent_run_on_the_real_node_streams_the_jobs_real_output_and_exit_code()
     assert!(agents.get_opt("build").await.unwrap().is_none(), "the agent is removed");
     server.abort();
     f.delete().await;
+}
+
+/// Serves the fixture's portal on a real socket; its URL, an `agents:run` token of alice's and the
+/// server task.
+async fn serve_with_agent_token(f: &Fixture) -> (String, String, tokio::task::JoinHandle<std::io::Result<()>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = f.portal.app().into_make_service_with_connect_info::<SocketAddr>();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let mut alice = Browser::signed_in(&f.portal, &f.alice).await;
+    let csrf = alice.session_csrf(&f.portal).await;
+    let body = json!({ "name": "ci", "scopes": ["agents:run"] }).to_string();
+    let created = alice.api(&f.portal, Method::POST, "/api/v1/tokens", Some(&csrf), Some(&body)).await;
+    let token = created.json()["secret"].as_str().expect("the secret, shown once").to_string();
+    (url, token, server)
 }

@@ -19,14 +19,12 @@ mod common;
 mod desktop_common;
 mod kube_common;
 
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use cluster_browser::{Desktop, ServedPortal};
 use deskpod_portal::backend::kubernetes::DESKTOP_ENDPOINT_ANNOTATION;
 use deskpod_portal::store::GlobalRole;
-use desktop_common::require_tools;
+use desktop_common::{BrowserScript, require_tools};
 use kube_common::{Fixture, ONE_CONTROLLER};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
@@ -37,10 +35,7 @@ const WORKSPACE: &str = "dev";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_creates_a_workspace_watches_it_run_and_sees_its_desktop_in_the_browser() {
-    let browser_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    let playwright = browser_dir.join("node_modules/playwright-core");
-    require_tools(&["/usr/bin/chromium", "/usr/bin/node", playwright.to_str().unwrap(), "/usr/bin/xsetroot"]);
-    require_tools(&["/usr/bin/Xtigervnc", "/usr/bin/vncpasswd", "/usr/bin/websockify"]);
+    require_tools(&["/usr/bin/xsetroot", "/usr/bin/Xtigervnc", "/usr/bin/vncpasswd", "/usr/bin/websockify"]);
 
     let _one = ONE_CONTROLLER.lock().await;
     let setup = Instant::now();
@@ -48,28 +43,17 @@ async fn a_user_creates_a_workspace_watches_it_run_and_sees_its_desktop_in_the_b
     let served = ServedPortal::start(&f).await;
     served.portal.add_user(&f.alice, GlobalRole::User).await;
 
-    let out_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/browser-cluster");
-    std::fs::create_dir_all(&out_dir).unwrap();
-    let screenshot = out_dir.join("desktop.png");
-    let _ = std::fs::remove_file(&screenshot);
+    let mut browser = BrowserScript::workspace(
+        &served.origin(),
+        &f.alice,
+        common::PASSWORD,
+        (&f.team, &f.template, WORKSPACE),
+        "browser-cluster",
+    );
+    let screenshot = browser.screenshot.clone();
     let setup = setup.elapsed();
     let started = Instant::now();
-    let mut node = tokio::process::Command::new("/usr/bin/node")
-        .arg(browser_dir.join("workspace.mjs"))
-        .current_dir(&browser_dir)
-        .env("PORTAL_URL", served.origin())
-        .env("EMAIL", &f.alice)
-        .env("PASSWORD", common::PASSWORD)
-        .env("TEAM", &f.team)
-        .env("TEMPLATE", &f.template)
-        .env("NAME", WORKSPACE)
-        .env("SCREENSHOT", &screenshot)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("starting node");
+    let mut node = browser.spawn();
     let mut to_browser = node.stdin.take().unwrap();
     let browser = tokio::time::timeout(BROWSER_WITHIN, node.wait_with_output());
     tokio::pin!(browser);

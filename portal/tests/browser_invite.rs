@@ -18,8 +18,6 @@ mod common;
 mod desktop_common;
 mod kube_common;
 
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +26,7 @@ use deskpod_controller::api::{Team, TeamRole};
 use deskpod_portal::backend::invite::{BackendInviteHook, workspace_name};
 use deskpod_portal::backend::kubernetes::DESKTOP_ENDPOINT_ANNOTATION;
 use deskpod_portal::store::GlobalRole;
-use desktop_common::require_tools;
+use desktop_common::{BrowserScript, require_tools};
 use jiff::{SignedDuration, Timestamp};
 use kube::api::Api;
 use kube_common::{Fixture, ONE_CONTROLLER};
@@ -42,10 +40,7 @@ const CONTRACTOR_PASSWORD: &str = "a passphrase of my own";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_contractor_opens_the_invite_link_sets_a_password_and_sees_their_desktop_within_60s() {
-    let browser_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    let playwright = browser_dir.join("node_modules/playwright-core");
-    require_tools(&["/usr/bin/chromium", "/usr/bin/node", playwright.to_str().unwrap(), "/usr/bin/xsetroot"]);
-    require_tools(&["/usr/bin/Xtigervnc", "/usr/bin/vncpasswd", "/usr/bin/websockify"]);
+    require_tools(&["/usr/bin/xsetroot", "/usr/bin/Xtigervnc", "/usr/bin/vncpasswd", "/usr/bin/websockify"]);
 
     let _one = ONE_CONTROLLER.lock().await;
     let f = Fixture::new("portal-browser-invite", 2, true).await;
@@ -59,13 +54,9 @@ async fn a_contractor_opens_the_invite_link_sets_a_password_and_sees_their_deskt
     let access_ends = Timestamp::now() + SignedDuration::from_hours(24 * 30);
     let workspace = workspace_name(&f.template, 1);
 
-    let out_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/browser-cluster");
-    std::fs::create_dir_all(&out_dir).unwrap();
-    let screenshot = out_dir.join("invite-desktop.png");
-    let _ = std::fs::remove_file(&screenshot);
-    let mut node = tokio::process::Command::new("/usr/bin/node")
-        .arg(browser_dir.join("invite.mjs"))
-        .current_dir(&browser_dir)
+    let mut browser = BrowserScript::new("invite.mjs", "browser-cluster", "invite-desktop.png");
+    let screenshot = browser.screenshot.clone();
+    let mut node = browser
         .env("PORTAL_URL", served.origin())
         .env("LEAD_EMAIL", &f.bob)
         .env("LEAD_PASSWORD", common::PASSWORD)
@@ -74,13 +65,7 @@ async fn a_contractor_opens_the_invite_link_sets_a_password_and_sees_their_deskt
         .env("INVITEE_EMAIL", &dave)
         .env("INVITEE_PASSWORD", CONTRACTOR_PASSWORD)
         .env("ACCESS_EXPIRES_AT", access_ends.to_string())
-        .env("SCREENSHOT", &screenshot)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("starting node");
+        .spawn();
     let mut to_browser = node.stdin.take().unwrap();
     let browser = tokio::time::timeout(BROWSER_WITHIN, node.wait_with_output());
     tokio::pin!(browser);

@@ -22,8 +22,6 @@ mod common;
 mod desktop_common;
 mod kube_common;
 
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use cluster_browser::ServedPortal;
@@ -31,7 +29,7 @@ use deskpod_controller::api::WorkspacePhase;
 use deskpod_controller::workspace::render::{DESKTOP_CONTAINER, home_pvc_name, pod_name};
 use deskpod_portal::store::GlobalRole;
 use deskpod_testsupport::wait_deleted;
-use desktop_common::require_tools;
+use desktop_common::BrowserScript;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::api::{Api, AttachParams};
 use kube_common::{Fixture, ONE_CONTROLLER, WAIT};
@@ -49,10 +47,6 @@ async fn a_desktop_on_the_real_node_opens_in_the_browser_keeps_its_home_and_is_h
         eprintln!("skipped: set DESKPOD_REAL_NODE=1 (with a cluster started by `testcluster up --real-node`)");
         return;
     }
-    let browser_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    let playwright = browser_dir.join("node_modules/playwright-core");
-    require_tools(&["/usr/bin/chromium", "/usr/bin/node", playwright.to_str().unwrap()]);
-
     let _one = ONE_CONTROLLER.lock().await;
     let template = json!({
         "displayName": "Python", "image": "deskpod/desktop-python:latest", "imagePullPolicy": "IfNotPresent",
@@ -68,28 +62,16 @@ async fn a_desktop_on_the_real_node_opens_in_the_browser_keeps_its_home_and_is_h
     let pods: Api<Pod> = Api::namespaced(f.client(), &namespace);
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(f.client(), &namespace);
 
-    let out_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/browser-real-node");
-    std::fs::create_dir_all(&out_dir).unwrap();
-    let screenshot = out_dir.join("desktop.png");
-    let _ = std::fs::remove_file(&screenshot);
+    let mut browser = BrowserScript::workspace(
+        &served.origin(),
+        &f.alice,
+        common::PASSWORD,
+        (&f.team, &f.template, WORKSPACE),
+        "browser-real-node",
+    );
+    let screenshot = browser.screenshot.clone();
     let started = Instant::now();
-    let mut node = tokio::process::Command::new("/usr/bin/node")
-        .arg(browser_dir.join("workspace.mjs"))
-        .current_dir(&browser_dir)
-        .env("PORTAL_URL", served.origin())
-        .env("EMAIL", &f.alice)
-        .env("PASSWORD", common::PASSWORD)
-        .env("TEAM", &f.team)
-        .env("TEMPLATE", &f.template)
-        .env("NAME", WORKSPACE)
-        .env("SCREENSHOT", &screenshot)
-        .env("EXPECT_PANEL", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("starting node");
+    let mut node = browser.env("EXPECT_PANEL", "1").spawn();
     // The desktop is the controller's pod: there is no endpoint to register by hand.
     let mut to_browser = node.stdin.take().unwrap();
     to_browser.write_all(b"endpoint-registered\n").await.unwrap();

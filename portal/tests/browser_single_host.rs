@@ -12,8 +12,7 @@ mod common;
 mod desktop_common;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +20,7 @@ use deskpod_controller::api::{TeamMember, TeamQuota, TeamRole, TeamSpec};
 use deskpod_portal::backend::Backend;
 use deskpod_portal::backend::docker::{DockerBackend, desktop_template};
 use deskpod_portal::store::{GlobalRole, SqliteStore};
-use desktop_common::require_tools;
+use desktop_common::BrowserScript;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
@@ -32,37 +31,17 @@ const WORKSPACE: &str = "dev";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_creates_a_python_desktop_and_sees_the_xfce_panel_in_the_browser() {
-    let browser_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    let playwright = browser_dir.join("node_modules/playwright-core");
-    require_tools(&["/usr/bin/chromium", "/usr/bin/node", playwright.to_str().unwrap()]);
-
     let team = format!("browser{}", std::process::id());
     let served = Served::start(&team).await;
     let _cleanup = Cleanup { team: team.clone(), network: served.backend.names().network(&team) };
     served.portal.add_user(EMAIL, GlobalRole::User).await;
 
-    let out_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/browser-single-host");
-    std::fs::create_dir_all(&out_dir).unwrap();
-    let screenshot = out_dir.join("desktop.png");
-    let _ = std::fs::remove_file(&screenshot);
+    let url = format!("http://{}", served.addr);
+    let mut browser =
+        BrowserScript::workspace(&url, EMAIL, common::PASSWORD, (&team, "python", WORKSPACE), "browser-single-host");
+    let screenshot = browser.screenshot.clone();
     let started = Instant::now();
-    let mut node = tokio::process::Command::new("/usr/bin/node")
-        .arg(browser_dir.join("workspace.mjs"))
-        .current_dir(&browser_dir)
-        .env("PORTAL_URL", format!("http://{}", served.addr))
-        .env("EMAIL", EMAIL)
-        .env("PASSWORD", common::PASSWORD)
-        .env("TEAM", &team)
-        .env("TEMPLATE", "python")
-        .env("NAME", WORKSPACE)
-        .env("SCREENSHOT", &screenshot)
-        .env("EXPECT_PANEL", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("starting node");
+    let mut node = browser.env("EXPECT_PANEL", "1").spawn();
     // The desktop is the workspace's own container: there is no endpoint to register by hand.
     let mut to_browser = node.stdin.take().unwrap();
     to_browser.write_all(b"endpoint-registered\n").await.unwrap();

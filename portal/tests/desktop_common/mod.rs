@@ -429,3 +429,57 @@ pub fn browser_result(output: &std::process::Output) -> serde_json::Value {
     assert!(output.status.success(), "{result}\n{stderr}");
     result
 }
+
+/// A browser script of `tests/browser` (`workspace.mjs`, `invite.mjs`, ...) for Debian's Chromium
+/// through playwright-core, with the screenshot it saves at `target/<dir>/<file>`.
+pub struct BrowserScript {
+    command: tokio::process::Command,
+    pub screenshot: PathBuf,
+}
+
+impl BrowserScript {
+    /// Checks that the tools are there and removes an old screenshot.
+    pub fn new(script: &str, dir: &str, file: &str) -> Self {
+        let browser_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+        let playwright = browser_dir.join("node_modules/playwright-core");
+        require_tools(&["/usr/bin/chromium", "/usr/bin/node", playwright.to_str().unwrap()]);
+        let out_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target").join(dir);
+        std::fs::create_dir_all(&out_dir).unwrap();
+        let screenshot = out_dir.join(file);
+        let _ = std::fs::remove_file(&screenshot);
+        let mut command = tokio::process::Command::new("/usr/bin/node");
+        command
+            .arg(browser_dir.join(script))
+            .current_dir(&browser_dir)
+            .env("SCREENSHOT", &screenshot)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        Self { command, screenshot }
+    }
+
+    /// `workspace.mjs`: sign in as `email`, create `team/name` from `template`, wait for Running
+    /// and open the desktop (with `expect_panel`, wait for XFCE's panel).
+    pub fn workspace(portal_url: &str, email: &str, password: &str, workspace: (&str, &str, &str), dir: &str) -> Self {
+        let (team, template, name) = workspace;
+        let mut script = Self::new("workspace.mjs", dir, "desktop.png");
+        script
+            .env("PORTAL_URL", portal_url)
+            .env("EMAIL", email)
+            .env("PASSWORD", password)
+            .env("TEAM", team)
+            .env("TEMPLATE", template)
+            .env("NAME", name);
+        script
+    }
+
+    pub fn env(&mut self, key: &str, value: impl AsRef<std::ffi::OsStr>) -> &mut Self {
+        self.command.env(key, value);
+        self
+    }
+
+    pub fn spawn(&mut self) -> tokio::process::Child {
+        self.command.spawn().expect("starting node")
+    }
+}
