@@ -158,12 +158,57 @@ fn same_quantity(a: &str, b: &str) -> bool {
     }
 }
 
+/// How long one wait on a store's readiness lasts before the waiter registers again.
+const READY_SLICE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Waits until `store` has listed once (its watch has been polled through the first list).
+///
+/// Use this, never `Store::wait_until_ready` directly: kube-runtime 5 keeps one waiting task per
+/// store (its oneshot receiver remembers the last waker), so of several reconciles waiting at
+/// once on a store that is still listing, only the last one polled is woken and the others would
+/// wait forever, their objects never reconciled. Waiting in slices registers every waiter again;
+/// once the store is ready, this returns at once.
+pub async fn ready<K>(store: &Store<K>) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    loop {
+        if let Ok(result) = tokio::time::timeout(READY_SLICE, store.wait_until_ready()).await {
+            return result.map_err(|_| Error::Shutdown);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::api::core::v1::ConfigMap;
     use rstest::rstest;
     use serde_json::json;
 
     use super::*;
+
+    #[tokio::test]
+    async fn every_waiter_sees_the_store_become_ready() {
+        let (store, mut writer) = reflector::store::<ConfigMap>();
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { ready(&store).await })
+            })
+            .collect();
+        // Every waiter is waiting before the list completes (this test's runtime has one thread:
+        // yielding lets each spawned waiter run up to its wait).
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        assert!(waiters.iter().all(|w| !w.is_finished()), "ready before the list");
+        writer.apply_watcher_event(&watcher::Event::Init);
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        for waiter in waiters {
+            let done = tokio::time::timeout(std::time::Duration::from_secs(2), waiter).await;
+            assert!(matches!(done, Ok(Ok(Ok(())))), "a waiter was never woken: {done:?}");
+        }
+    }
 
     #[rstest]
     #[case::same(json!({"a": 1}), json!({"a": 1}), true)]

@@ -44,7 +44,7 @@ use serde_json::json;
 use super::queue;
 use super::render::{self, AGENT_LABEL, DesiredAgent, Observed};
 use crate::api::{CiAgent, CiAgentPhase, CiAgentStatus, Team, WorkspaceTemplate};
-use crate::cache::{delete_if_present, watch_all, watch_labelled};
+use crate::cache::{self, delete_if_present, watch_all, watch_labelled};
 use crate::metrics::{Backoff, Metrics};
 use crate::team::render::{TEAM_LABEL, TEAM_OBJECT_NAME, namespace_name};
 use crate::workspace::render::Invalid;
@@ -103,11 +103,11 @@ impl Watched {
     /// The queue is only right once every agent and pod is known: wait until each watch listed.
     async fn ready(&self) -> Result<()> {
         tokio::try_join!(
-            self.agents.wait_until_ready(),
-            self.pods.wait_until_ready(),
-            self.quotas.wait_until_ready(),
-            self.teams.wait_until_ready(),
-            self.templates.wait_until_ready(),
+            cache::ready(&self.agents),
+            cache::ready(&self.pods),
+            cache::ready(&self.quotas),
+            cache::ready(&self.teams),
+            cache::ready(&self.templates),
         )
         .map(drop)
         .map_err(|_| Error::Shutdown)

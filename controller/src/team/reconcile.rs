@@ -21,7 +21,7 @@ use serde_json::json;
 
 use super::render::{self, TEAM_LABEL, TeamSettings};
 use crate::api::{Team, TeamStatus, Workspace};
-use crate::cache::{apply_if_changed, delete_if_present, watch_labelled};
+use crate::cache::{self, apply_if_changed, delete_if_present, watch_labelled};
 use crate::metrics::{Backoff, Metrics};
 use crate::{Error, FIELD_MANAGER, Result, conditions};
 
@@ -52,13 +52,13 @@ impl Children {
     /// Reconciles read from the copies, so they wait until every watch has listed once.
     async fn ready(&self) -> Result<()> {
         tokio::try_join!(
-            self.namespaces.wait_until_ready(),
-            self.quotas.wait_until_ready(),
-            self.limit_ranges.wait_until_ready(),
-            self.service_accounts.wait_until_ready(),
-            self.network_policies.wait_until_ready(),
-            self.roles.wait_until_ready(),
-            self.role_bindings.wait_until_ready(),
+            cache::ready(&self.namespaces),
+            cache::ready(&self.quotas),
+            cache::ready(&self.limit_ranges),
+            cache::ready(&self.service_accounts),
+            cache::ready(&self.network_policies),
+            cache::ready(&self.roles),
+            cache::ready(&self.role_bindings),
         )
         .map(drop)
         .map_err(|_| Error::Shutdown)

@@ -28,7 +28,7 @@ use serde_json::json;
 use super::idle::{self, LAST_ACTIVITY_ANNOTATION};
 use super::render::{self, DesiredWorkspace, Invalid, RouteSettings};
 use crate::api::{Team, Workspace, WorkspacePhase, WorkspaceStatus, WorkspaceTemplate};
-use crate::cache::{apply_if_changed, cached, delete_if_present, watch_all, watch_labelled};
+use crate::cache::{self, apply_if_changed, cached, delete_if_present, watch_all, watch_labelled};
 use crate::gateway::HTTPRoute;
 use crate::metrics::{Backoff, Metrics};
 use crate::team::render::TEAM_LABEL;
@@ -77,17 +77,17 @@ impl Owned {
     async fn ready(&self) -> Result<()> {
         let routes = async {
             match &self.http_routes {
-                Some(store) => store.wait_until_ready().await,
+                Some(store) => cache::ready(store).await,
                 None => Ok(()),
             }
         };
         tokio::try_join!(
-            self.pods.wait_until_ready(),
-            self.volumes.wait_until_ready(),
-            self.services.wait_until_ready(),
-            self.ingresses.wait_until_ready(),
-            self.teams.wait_until_ready(),
-            self.templates.wait_until_ready(),
+            cache::ready(&self.pods),
+            cache::ready(&self.volumes),
+            cache::ready(&self.services),
+            cache::ready(&self.ingresses),
+            cache::ready(&self.teams),
+            cache::ready(&self.templates),
             routes,
         )
         .map(drop)
