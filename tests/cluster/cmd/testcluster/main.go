@@ -39,6 +39,7 @@ Usage:
   testcluster down       --dir DIR
   testcluster cleanup    [--root DIR]
   testcluster kubeconfig --dir DIR --user NAME [--group G ...] --out FILE
+  testcluster apiserver  --dir DIR stop|start
 
 Run "testcluster <command> --help" for the flags of a command.
 
@@ -66,6 +67,8 @@ func main() {
 		code = cmdKubeconfig(args)
 	case "import-image":
 		code = cmdImportImage(args)
+	case "apiserver":
+		code = cmdAPIServer(args)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(os.Stdout, usage)
 	default:
@@ -309,6 +312,33 @@ imagePullPolicy IfNotPresent (or Never) run them without pulling.`)
 	defer stop()
 	if err := cluster.ImportImages(ctx, *dir, fs.Args(), os.Stderr); err != nil {
 		fmt.Fprintf(os.Stderr, "testcluster import-image: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func cmdAPIServer(args []string) int {
+	fs := newFlagSet("apiserver", "--dir DIR stop|start", `
+Stops or starts again the kube-apiserver of a running cluster, through its
+supervisor's control socket (DIR/control.sock). "stop" kills it (SIGKILL, an
+outage as clients see a crash) and returns once it has exited; the rest of the cluster keeps
+running and the supervisor does not treat the exit as a failure. "start" runs
+it again with the same arguments (same port, certificates and etcd) and returns
+once /readyz answers.`)
+	dir := fs.String("dir", "", "cluster directory of a running cluster (required)")
+	fs.SetOutput(os.Stderr)
+	if err := fs.Parse(args); err != nil {
+		if err == flag.ErrHelp {
+			return 0
+		}
+		return 2
+	}
+	if *dir == "" || fs.NArg() != 1 || (fs.Arg(0) != "stop" && fs.Arg(0) != "start") {
+		fmt.Fprintln(os.Stderr, "testcluster apiserver: --dir and one of stop, start are required")
+		return 2
+	}
+	if err := cluster.SendControl(*dir, "apiserver "+fs.Arg(0), 2*time.Minute); err != nil {
+		fmt.Fprintf(os.Stderr, "testcluster apiserver %s: %v\n", fs.Arg(0), err)
 		return 1
 	}
 	return 0

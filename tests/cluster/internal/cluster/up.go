@@ -58,6 +58,9 @@ type child struct {
 	logPath string
 	done    chan struct{}
 	err     error
+	// expectExit is set (under supervisor.mu) when the supervisor stops the child on request
+	// (`testcluster apiserver stop`): its exit does not take the cluster down.
+	expectExit bool
 }
 
 func (c *child) exited() bool {
@@ -194,14 +197,29 @@ func Up(opts UpOptions, stdin io.Reader, stdout, stderr io.Writer) int {
 		} else {
 			s.logf("running; stop by closing stdin, Ctrl-C or SIGTERM")
 		}
-		select {
-		case <-ctx.Done():
-			s.logf("shutting down: %v", context.Cause(ctx))
-		case c := <-s.exitedCh:
-			s.logf("error: %s exited unexpectedly (%v); last lines of %s:\n%s",
-				c.name, c.err, c.logPath, tail(c.logPath, 20))
-			code = 1
+		requests := make(chan controlRequest)
+		closeControl, err := serveControl(ctx, s.dir, requests)
+		if err != nil {
+			s.logf("warning: %v (`testcluster apiserver` will not work)", err)
+			closeControl = func() {}
 		}
+	serve:
+		for {
+			select {
+			case <-ctx.Done():
+				s.logf("shutting down: %v", context.Cause(ctx))
+				break serve
+			case c := <-s.exitedCh:
+				s.logf("error: %s exited unexpectedly (%v); last lines of %s:\n%s",
+					c.name, c.err, c.logPath, tail(c.logPath, 20))
+				code = 1
+				break serve
+			case req := <-requests:
+				// On this goroutine (the main OS thread): see spawn.
+				req.reply <- s.control(ctx, req.command)
+			}
+		}
+		closeControl()
 	}
 	s.teardown()
 	if mps, err := mountsUnder(s.dir); err != nil || len(mps) > 0 {
@@ -619,7 +637,7 @@ func (s *supervisor) spawnPath(name, path string, args []string) (*child, error)
 		c.err = cmd.Wait()
 		close(c.done)
 		s.mu.Lock()
-		stopping := s.stopping
+		stopping := s.stopping || c.expectExit
 		s.mu.Unlock()
 		if !stopping {
 			select {
