@@ -6,11 +6,11 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::api::{CiAgent, Team, Workspace, WorkspaceTemplate};
+use crate::api::{CiAgent, Cluster, Team, Workspace, WorkspaceTemplate};
 
 /// Every CRD Deskpod defines, in a stable order.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![Team::crd(), WorkspaceTemplate::crd(), Workspace::crd(), CiAgent::crd()]
+    vec![Team::crd(), WorkspaceTemplate::crd(), Workspace::crd(), CiAgent::crd(), Cluster::crd()]
 }
 
 /// The file a CRD is committed as: `<plural>.<group>.yaml`.

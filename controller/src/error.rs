@@ -9,6 +9,9 @@ pub enum Error {
     Delete { kind: String, name: String, source: kube::Error },
     #[error("listing: {0}")]
     List(kube::Error),
+    /// A member cluster is not registered, cannot be connected to or does not answer.
+    #[error("cluster {cluster}: {message}")]
+    ClusterUnavailable { cluster: String, reason: &'static str, message: String },
     /// A watch ended before it listed once: the controller is shutting down.
     #[error("the controller is shutting down")]
     Shutdown,
@@ -24,6 +27,7 @@ impl Error {
             Error::Apply { .. } => "apply",
             Error::Delete { .. } => "delete",
             Error::List(_) => "list",
+            Error::ClusterUnavailable { .. } => "cluster_unavailable",
             Error::Shutdown => "shutdown",
         }
     }

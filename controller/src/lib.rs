@@ -6,6 +6,7 @@ pub mod admin;
 pub mod agent;
 pub mod api;
 pub mod cache;
+pub mod cluster;
 pub mod conditions;
 pub mod crd;
 pub mod duration;

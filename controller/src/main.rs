@@ -2,10 +2,15 @@
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use deskpod_controller::agent::{self, reconcile::AgentSettings};
+use deskpod_controller::cluster::{
+    self, Members,
+    reconcile::{ClusterSettings, MemberControllers},
+};
 use deskpod_controller::gateway::ParentReference;
 use deskpod_controller::metrics::Metrics;
 use deskpod_controller::team::{reconcile, render::TeamSettings};
@@ -46,6 +51,10 @@ enum Command {
         /// ttlAfterFinished, such as 30m or 1h.
         #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = deskpod_controller::duration::parse)]
         ci_agent_ttl: std::time::Duration,
+        /// The namespace holding the kubeconfig Secrets of member clusters (`Cluster` objects);
+        /// the controller reads Secrets there for them and nowhere else.
+        #[arg(long, value_name = "NAMESPACE", default_value = "deskpod-system")]
+        cluster_secret_namespace: String,
         #[command(flatten)]
         route: Box<RouteArgs>,
     },
@@ -116,9 +125,17 @@ impl RouteArgs {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crd { out_dir } => print_crds(out_dir),
-        Command::Run { trusted_namespaces, admin_listen, leader_elect, ci_agent_ttl, route } => {
+        Command::Run {
+            trusted_namespaces,
+            admin_listen,
+            leader_elect,
+            ci_agent_ttl,
+            cluster_secret_namespace,
+            route,
+        } => {
             let agents = AgentSettings { default_ttl: ci_agent_ttl };
-            run(trusted_namespaces, admin_listen, leader_elect, route.settings(), agents).await
+            let clusters = ClusterSettings { secret_namespace: cluster_secret_namespace, ..Default::default() };
+            run(trusted_namespaces, admin_listen, leader_elect, route.settings(), agents, clusters).await
         }
     }
 }
@@ -129,6 +146,7 @@ async fn run(
     leader_elect: Option<(String, String)>,
     route: RouteSettings,
     agents: AgentSettings,
+    clusters: ClusterSettings,
 ) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
@@ -147,11 +165,40 @@ async fn run(
 
     let controller_client = client.clone();
     let controllers = async move {
-        tracing::info!("deskpod-controller reconciling Teams, Workspaces and CiAgents");
+        tracing::info!("deskpod-controller reconciling Teams, Workspaces, CiAgents and Clusters");
+        let members = Members::default();
+        // Each member cluster gets its own Workspace and CiAgent controllers; Teams and
+        // templates are read from this cluster.
+        let start_member: MemberControllers = {
+            let (management, route, agents, metrics) =
+                (controller_client.clone(), route.clone(), agents.clone(), metrics.clone());
+            Arc::new(move |name: String, member: kube::Client| {
+                let (management, route, agents, metrics) =
+                    (management.clone(), route.clone(), agents.clone(), metrics.clone());
+                Box::pin(async move {
+                    tracing::info!(cluster = %name, "reconciling Workspaces and CiAgents on a member cluster");
+                    tokio::join!(
+                        workspace::reconcile::run_with_teams_from(
+                            member.clone(),
+                            management.clone(),
+                            route,
+                            metrics.clone()
+                        ),
+                        agent::reconcile::run_with_teams_from(member, management, agents, metrics)
+                    );
+                })
+            })
+        };
         tokio::join!(
-            reconcile::run(controller_client.clone(), TeamSettings { trusted_namespaces }, metrics.clone()),
+            reconcile::run_with_members(
+                controller_client.clone(),
+                TeamSettings { trusted_namespaces },
+                members.clone(),
+                metrics.clone()
+            ),
             workspace::reconcile::run(controller_client.clone(), route, metrics.clone()),
-            agent::reconcile::run(controller_client, agents, metrics)
+            agent::reconcile::run(controller_client.clone(), agents, metrics.clone()),
+            cluster::reconcile::run(controller_client, clusters, members, start_member, metrics)
         );
     };
     match leader_elect {

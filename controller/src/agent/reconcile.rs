@@ -656,12 +656,18 @@ fn error_policy(agent: Arc<CiAgent>, error: &Error, ctx: Arc<Context>) -> Action
 
 /// Runs the CiAgent controller until the process is told to stop.
 pub async fn run(client: Client, settings: AgentSettings, metrics: Metrics) {
+    run_with_teams_from(client.clone(), client, settings, metrics).await
+}
+
+/// Runs the CiAgent controller against `client`'s cluster (a member cluster), reading Teams and
+/// WorkspaceTemplates from `teams_client`'s (the management cluster, where they live).
+pub async fn run_with_teams_from(client: Client, teams_client: Client, settings: AgentSettings, metrics: Metrics) {
     let (pods, pod_changes) = watch_labelled::<Pod>(&client, AGENT_LABEL);
     let (quotas, quota_changes) = watch_labelled::<ResourceQuota>(&client, TEAM_LABEL);
     // Only spec changes of teams concern agents (a team's status moves with every pod).
-    let (teams, team_changes) = watch_all::<Team>(&client);
+    let (teams, team_changes) = watch_all::<Team>(&teams_client);
     let team_changes = team_changes.predicate_filter(predicates::generation, Default::default());
-    let (templates, template_changes) = watch_all::<WorkspaceTemplate>(&client);
+    let (templates, template_changes) = watch_all::<WorkspaceTemplate>(&teams_client);
     let (wake, woken) = unbounded();
     let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
 

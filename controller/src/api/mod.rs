@@ -8,12 +8,14 @@
 #![allow(clippy::duplicated_attributes)]
 
 mod ciagent;
+mod cluster;
 pub mod schema;
 mod team;
 mod template;
 mod workspace;
 
 pub use ciagent::*;
+pub use cluster::*;
 pub use team::*;
 pub use template::*;
 pub use workspace::*;

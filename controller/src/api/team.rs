@@ -25,6 +25,7 @@ use super::schema;
     category = "deskpod",
     validation = Rule::new(schema::NAME_RULE).message(schema::NAME_MESSAGE),
     printcolumn(name = "Namespace", type_ = "string", json_path = ".status.namespace"),
+    printcolumn(name = "Cluster", type_ = "string", json_path = ".status.cluster"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
@@ -202,6 +203,10 @@ pub struct TeamStatus {
     /// The namespace that holds the team's workspaces and agents.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// The member cluster that namespace is on (`spec.placement.cluster`); unset: the cluster
+    /// the controller runs in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
     /// Quota limits, mirrored from the namespace's ResourceQuota.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub quota_hard: BTreeMap<String, Quantity>,

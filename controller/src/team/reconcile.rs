@@ -2,11 +2,20 @@
 //!
 //! Level-triggered and idempotent: every run applies the complete desired state with one field
 //! manager, so a controller killed at any point converges on its next run.
+//!
+//! A team placed on a member cluster (`spec.placement.cluster`) gets the same objects on that
+//! member, through the member's client and watched copies (see [`crate::cluster`]), without owner
+//! references (the Team is on another cluster). While the member is unknown or does not answer,
+//! the Team says so (Ready False, UnknownCluster or ClusterUnavailable) and is retried with
+//! backoff and as soon as the member's health changes; other teams are not held up.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::channel::mpsc::{UnboundedSender, unbounded};
+use futures::stream::BoxStream;
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
@@ -22,6 +31,7 @@ use serde_json::json;
 use super::render::{self, TEAM_LABEL, TeamSettings};
 use crate::api::{Team, TeamStatus, Workspace};
 use crate::cache::{self, apply_if_changed, delete_if_present, watch_labelled};
+use crate::cluster::{Member, Members};
 use crate::metrics::{Backoff, Metrics};
 use crate::{Error, FIELD_MANAGER, Result, conditions};
 
@@ -34,7 +44,71 @@ struct Context {
     recorder: Recorder,
     /// Consecutive failures per Team, for the backoff.
     failures: Backoff,
-    children: Children,
+    /// The watched copies on the cluster the controller runs in.
+    children: Arc<Children>,
+    /// Member clusters, for placed teams.
+    members: Members,
+    /// The watched copies on each member (cluster name → the connection they were made for).
+    member_children: Mutex<HashMap<String, MemberChildren>>,
+    /// Reconciles the Team a changed object on a member belongs to.
+    triggers: UnboundedSender<ObjectRef<Team>>,
+}
+
+/// What Teams own on one member, watched through one connection to it.
+struct MemberChildren {
+    epoch: u64,
+    children: Arc<Children>,
+    /// True once every watch has listed.
+    ready: tokio::sync::watch::Receiver<bool>,
+    /// Feeds the member's changes to the controller, and says when the copies are ready;
+    /// stopped when replaced.
+    tasks: [tokio::task::JoinHandle<()>; 2],
+}
+
+impl Drop for MemberChildren {
+    fn drop(&mut self) {
+        self.tasks.iter().for_each(|t| t.abort());
+    }
+}
+
+impl Context {
+    /// The watched copies on `member`, started on first use (and again after a reconnect), and
+    /// whether they are ready.
+    fn member_children(&self, member: &Member) -> (Arc<Children>, tokio::sync::watch::Receiver<bool>) {
+        let mut all = self.member_children.lock().expect("member children");
+        if let Some(found) = all.get(&member.name)
+            && found.epoch == member.epoch
+        {
+            return (found.children.clone(), found.ready.clone());
+        }
+        let (children, changes) = Children::watch(&member.client);
+        let children = Arc::new(children);
+        let triggers = self.triggers.clone();
+        let forward = tokio::spawn(changes.for_each(move |team| {
+            let _ = triggers.unbounded_send(team);
+            futures::future::ready(())
+        }));
+        // One waiter on the stores, many on the channel: a store's readiness wakes only the
+        // last of several tasks waiting on it at once (kube-runtime's `wait_until_ready` keeps
+        // one waker), so reconciles of several teams must not wait on the stores directly.
+        let (ready_tx, ready) = tokio::sync::watch::channel(false);
+        let announce = tokio::spawn({
+            let children = children.clone();
+            async move {
+                if children.ready().await.is_ok() {
+                    let _ = ready_tx.send(true);
+                }
+            }
+        });
+        let entry = MemberChildren {
+            epoch: member.epoch,
+            children: children.clone(),
+            ready: ready.clone(),
+            tasks: [forward, announce],
+        };
+        all.insert(member.name.clone(), entry);
+        (children, ready)
+    }
 }
 
 /// The watched copies of what Teams own (label [`TEAM_LABEL`]).
@@ -49,6 +123,30 @@ struct Children {
 }
 
 impl Children {
+    /// Watches what Teams own on `client`'s cluster: the copies, and the Teams whose objects
+    /// changed (the stream must be polled for the copies to fill).
+    fn watch(client: &Client) -> (Children, BoxStream<'static, ObjectRef<Team>>) {
+        let (namespaces, namespace_changes) = watch_labelled(client, TEAM_LABEL);
+        let (quotas, quota_changes) = watch_labelled(client, TEAM_LABEL);
+        let (limit_ranges, limit_range_changes) = watch_labelled(client, TEAM_LABEL);
+        let (service_accounts, service_account_changes) = watch_labelled(client, TEAM_LABEL);
+        let (network_policies, network_policy_changes) = watch_labelled(client, TEAM_LABEL);
+        let (roles, role_changes) = watch_labelled(client, TEAM_LABEL);
+        let (role_bindings, role_binding_changes) = watch_labelled(client, TEAM_LABEL);
+        let changes = futures::stream::select_all([
+            teams_of::<Namespace>(namespace_changes),
+            teams_of::<ResourceQuota>(quota_changes),
+            teams_of::<LimitRange>(limit_range_changes),
+            teams_of::<ServiceAccount>(service_account_changes),
+            teams_of::<NetworkPolicy>(network_policy_changes),
+            teams_of::<Role>(role_changes),
+            teams_of::<RoleBinding>(role_binding_changes),
+        ]);
+        let children =
+            Children { namespaces, quotas, limit_ranges, service_accounts, network_policies, roles, role_bindings };
+        (children, changes.boxed())
+    }
+
     /// Reconciles read from the copies, so they wait until every watch has listed once.
     async fn ready(&self) -> Result<()> {
         tokio::try_join!(
@@ -64,6 +162,27 @@ impl Children {
         .map_err(|_| Error::Shutdown)
     }
 }
+
+/// The Teams (by their label) of changed objects of one kind.
+fn teams_of<K: Resource + Send + 'static>(
+    changes: impl futures::Stream<Item = watcher::Result<K>> + Send + 'static,
+) -> BoxStream<'static, ObjectRef<Team>> {
+    changes
+        .filter_map(|change| {
+            futures::future::ready(match change {
+                Ok(obj) => obj.team_label().map(ObjectRef::new),
+                Err(error) => {
+                    tracing::debug!(%error, "team children watch");
+                    None
+                }
+            })
+        })
+        .boxed()
+}
+
+/// How long the calls of one reconcile of a placed team may take on its member before the
+/// member counts as unavailable for that team.
+const MEMBER_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How long the Team controller waits for a burst of changes to a team to end before reconciling.
 const TEAM_DEBOUNCE: Duration = Duration::from_secs(1);
@@ -87,46 +206,150 @@ async fn reconcile(team: Arc<Team>, ctx: Arc<Context>) -> Result<Action> {
     result
 }
 
+/// Where a team's objects go: the cluster the controller runs in, or the member it is placed on.
+struct Target {
+    client: Client,
+    children: Arc<Children>,
+    /// On a member: the Team cannot own what is made there.
+    cluster: Option<String>,
+}
+
+/// The cluster a team's objects go to, when it can be reached.
+async fn target(team: &Team, ctx: &Context) -> Result<Target> {
+    let Some(placement) = &team.spec.placement else {
+        ctx.children.ready().await?;
+        return Ok(Target { client: ctx.client.clone(), children: ctx.children.clone(), cluster: None });
+    };
+    let cluster = placement.cluster.clone();
+    let unavailable = |reason, message| Error::ClusterUnavailable { cluster: cluster.clone(), reason, message };
+    let Some(member) = ctx.members.get(&cluster) else {
+        let message = format!("no Cluster {cluster:?} is connected (kubectl get clusters.deskpod.io {cluster})");
+        return Err(unavailable("UnknownCluster", message));
+    };
+    if let Some((_, why)) = member.problem() {
+        return Err(unavailable("ClusterUnavailable", format!("cluster {cluster:?} is not available: {why}")));
+    }
+    let (children, mut ready) = ctx.member_children(&member);
+    match tokio::time::timeout(MEMBER_TIMEOUT, ready.wait_for(|ready| *ready)).await {
+        Ok(ready) => drop(ready.map_err(|_| Error::Shutdown)?),
+        Err(_) => {
+            let message = format!("cluster {cluster:?}: the team's objects there could not be listed");
+            return Err(unavailable("ClusterUnavailable", message));
+        }
+    }
+    Ok(Target { client: member.client.clone(), children, cluster: Some(cluster) })
+}
+
 async fn reconcile_team(team: &Team, ctx: &Context) -> Result<Action> {
     if team.meta().deletion_timestamp.is_some() {
         // Owner references take the namespace and everything in it away.
         return Ok(Action::await_change());
     }
-    ctx.children.ready().await?;
-    let client = &ctx.client;
-    let children = &ctx.children;
     let now = now();
-    let ns_name = render::namespace_name(&team.name_any());
-
-    apply_if_changed(client, &children.namespaces, &render::render_namespace(team)).await?;
-    let quota = apply_if_changed(client, &children.quotas, &render::render_resource_quota(team)).await?;
-    apply_if_changed(client, &children.limit_ranges, &render::render_limit_range(team)).await?;
-    apply_if_changed(client, &children.service_accounts, &render::render_workspace_service_account(team)).await?;
-    let policies = render::render_network_policies(team, &ctx.settings);
-    for policy in &policies {
-        apply_if_changed(client, &children.network_policies, policy).await?;
-    }
-    delete_stale_network_policies(client, &children.network_policies, &ns_name, &policies).await?;
-    for role in render::ROLES {
-        apply_if_changed(client, &children.roles, &render::render_role(team, role)).await?;
-        apply_if_changed(client, &children.role_bindings, &render::render_role_binding(team, role, &now)).await?;
-    }
-    stop_workspaces_of_expired_members(client, team, &ns_name, &now).await?;
+    let applied = match target(team, ctx).await {
+        Ok(target) => match &target.cluster {
+            None => apply_team(team, &target, &ctx.settings, &now).await,
+            Some(cluster) => tokio::time::timeout(MEMBER_TIMEOUT, apply_team(team, &target, &ctx.settings, &now))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Error::ClusterUnavailable {
+                        cluster: cluster.clone(),
+                        reason: "ClusterUnavailable",
+                        message: format!("cluster {cluster:?} did not answer within {MEMBER_TIMEOUT:?}"),
+                    })
+                }),
+        },
+        Err(error) => Err(error),
+    };
+    let quota = match applied {
+        Ok(quota) => quota,
+        Err(Error::ClusterUnavailable { cluster, reason, message }) => {
+            // Said on the Team, then retried with backoff (and when the member's health changes).
+            let ready = conditions::condition(
+                previous_conditions(team),
+                "Ready",
+                false,
+                reason,
+                message.clone(),
+                team.meta().generation,
+                &now,
+            );
+            publish_transition(ctx, team, &ready).await;
+            let previous = team.status.clone().unwrap_or_default();
+            let status = TeamStatus {
+                namespace: Some(render::namespace_name(&team.name_any())),
+                cluster: Some(cluster.clone()),
+                observed_generation: team.meta().generation,
+                conditions: vec![ready],
+                ..previous
+            };
+            write_status(ctx, team, status).await?;
+            return Err(Error::ClusterUnavailable { cluster, reason, message });
+        }
+        Err(error) => return Err(error),
+    };
 
     let ready = ready_condition(team, &quota, &now);
     publish_transition(ctx, team, &ready).await;
     let status = TeamStatus {
-        namespace: Some(ns_name),
+        namespace: Some(render::namespace_name(&team.name_any())),
+        cluster: team.spec.placement.as_ref().map(|p| p.cluster.clone()),
         quota_hard: quota.status.as_ref().and_then(|s| s.hard.clone()).unwrap_or_default(),
         quota_used: quota.status.as_ref().and_then(|s| s.used.clone()).unwrap_or_default(),
         observed_generation: team.meta().generation,
         conditions: vec![ready.clone()],
     };
-    if team.status.as_ref() == Some(&status) {
-        return Ok(next_look(team, &now));
+    write_status(ctx, team, status).await?;
+    Ok(next_look(team, &now))
+}
+
+/// Applies everything a team stands for on its cluster; returns its ResourceQuota as it now is.
+async fn apply_team(team: &Team, target: &Target, settings: &TeamSettings, now: &Time) -> Result<Arc<ResourceQuota>> {
+    let client = &target.client;
+    let children = &target.children;
+    let placed = target.cluster.is_some();
+    let ns_name = render::namespace_name(&team.name_any());
+
+    apply_if_changed(client, &children.namespaces, &unowned_if(placed, render::render_namespace(team))).await?;
+    let quota =
+        apply_if_changed(client, &children.quotas, &unowned_if(placed, render::render_resource_quota(team))).await?;
+    apply_if_changed(client, &children.limit_ranges, &unowned_if(placed, render::render_limit_range(team))).await?;
+    let account = unowned_if(placed, render::render_workspace_service_account(team));
+    apply_if_changed(client, &children.service_accounts, &account).await?;
+    let policies: Vec<NetworkPolicy> =
+        render::render_network_policies(team, settings).into_iter().map(|p| unowned_if(placed, p)).collect();
+    for policy in &policies {
+        apply_if_changed(client, &children.network_policies, policy).await?;
     }
-    let teams: Api<Team> = Api::all(client.clone());
-    teams
+    delete_stale_network_policies(client, &children.network_policies, &ns_name, &policies).await?;
+    for role in render::ROLES {
+        apply_if_changed(client, &children.roles, &unowned_if(placed, render::render_role(team, role))).await?;
+        let binding = unowned_if(placed, render::render_role_binding(team, role, now));
+        apply_if_changed(client, &children.role_bindings, &binding).await?;
+    }
+    stop_workspaces_of_expired_members(client, team, &ns_name, now).await?;
+    Ok(quota)
+}
+
+/// Without owner references when the object goes to a member cluster: the Team is not there to
+/// own it, and the garbage collector removes objects whose owner it cannot find.
+fn unowned_if<K: Resource>(placed: bool, mut obj: K) -> K {
+    if placed {
+        obj.meta_mut().owner_references = None;
+    }
+    obj
+}
+
+fn previous_conditions(team: &Team) -> &[Condition] {
+    team.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default()
+}
+
+/// Writes the Team's status when it changed.
+async fn write_status(ctx: &Context, team: &Team, status: TeamStatus) -> Result<()> {
+    if team.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    Api::<Team>::all(ctx.client.clone())
         .patch_status(
             &team.name_any(),
             &PatchParams::apply(FIELD_MANAGER).force(),
@@ -134,7 +357,7 @@ async fn reconcile_team(team: &Team, ctx: &Context) -> Result<Action> {
         )
         .await
         .map_err(|source| Error::Apply { kind: "Team status".into(), name: team.name_any(), source })?;
-    Ok(next_look(team, &now))
+    Ok(())
 }
 
 /// Look again when the next member's access ends.
@@ -146,7 +369,7 @@ fn next_look(team: &Team, now: &Time) -> Action {
 }
 
 fn ready_condition(team: &Team, quota: &ResourceQuota, now: &Time) -> Condition {
-    let previous = team.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let previous = previous_conditions(team);
     let uncounted = render::uncounted_quota_resources(quota);
     let (ready, reason, message) = if uncounted.is_empty() {
         (true, "Reconciled", "namespace, quota, limits, network policies and RBAC are in place".to_string())
@@ -226,40 +449,48 @@ fn error_policy(team: Arc<Team>, error: &Error, ctx: Arc<Context>) -> Action {
     Action::requeue(delay)
 }
 
-/// Runs the Team controller until the process is told to stop.
+/// Runs the Team controller until the process is told to stop. Teams placed on a member cluster
+/// report UnknownCluster (see [`run_with_members`]).
 pub async fn run(client: Client, settings: TeamSettings, metrics: Metrics) {
-    let by_team_label = |obj: &dyn ResourceLabels| obj.team_label().map(ObjectRef::<Team>::new);
-    let (namespaces, namespace_changes) = watch_labelled(&client, TEAM_LABEL);
-    let (quotas, quota_changes) = watch_labelled(&client, TEAM_LABEL);
-    let (limit_ranges, limit_range_changes) = watch_labelled(&client, TEAM_LABEL);
-    let (service_accounts, service_account_changes) = watch_labelled(&client, TEAM_LABEL);
-    let (network_policies, network_policy_changes) = watch_labelled(&client, TEAM_LABEL);
-    let (roles, role_changes) = watch_labelled(&client, TEAM_LABEL);
-    let (role_bindings, role_binding_changes) = watch_labelled(&client, TEAM_LABEL);
-    let children =
-        Children { namespaces, quotas, limit_ranges, service_accounts, network_policies, roles, role_bindings };
+    run_with_members(client, settings, Members::default(), metrics).await
+}
+
+/// Runs the Team controller, placing teams on the member clusters of `members`.
+pub async fn run_with_members(client: Client, settings: TeamSettings, members: Members, metrics: Metrics) {
+    let (children, child_changes) = Children::watch(&client);
+    let (triggers, member_changes) = unbounded();
     let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
     let recorder = Recorder::new(client.clone(), reporter);
+    // Every pod that starts or stops changes the team's quota usage, which the Team mirrors in
+    // its status. Debouncing turns a burst of such changes into one reconcile and one write.
+    let config = kube::runtime::controller::Config::default().debounce(TEAM_DEBOUNCE);
+    let controller = Controller::new(Api::<Team>::all(client.clone()), watcher::Config::default()).with_config(config);
+    // A member that comes, goes, fails or recovers concerns the teams placed on it.
+    let teams = controller.store();
+    let cluster_changes = members.subscribe().flat_map(move |cluster| {
+        let placed = teams
+            .state()
+            .into_iter()
+            .filter(|t| t.spec.placement.as_ref().is_some_and(|p| p.cluster == cluster))
+            .map(|t| ObjectRef::from_obj(&*t))
+            .collect::<Vec<_>>();
+        futures::stream::iter(placed)
+    });
     let ctx = Arc::new(Context {
-        client: client.clone(),
+        client,
         settings,
         metrics,
         recorder,
         failures: Backoff::default(),
-        children,
+        children: Arc::new(children),
+        members,
+        member_children: Mutex::default(),
+        triggers,
     });
-    // Every pod that starts or stops changes the team's quota usage, which the Team mirrors in
-    // its status. Debouncing turns a burst of such changes into one reconcile and one write.
-    let config = kube::runtime::controller::Config::default().debounce(TEAM_DEBOUNCE);
-    Controller::new(Api::<Team>::all(client), watcher::Config::default())
-        .with_config(config)
-        .watches_stream(namespace_changes, move |o: Namespace| by_team_label(&o))
-        .watches_stream(quota_changes, move |o: ResourceQuota| by_team_label(&o))
-        .watches_stream(limit_range_changes, move |o: LimitRange| by_team_label(&o))
-        .watches_stream(service_account_changes, move |o: ServiceAccount| by_team_label(&o))
-        .watches_stream(network_policy_changes, move |o: NetworkPolicy| by_team_label(&o))
-        .watches_stream(role_changes, move |o: Role| by_team_label(&o))
-        .watches_stream(role_binding_changes, move |o: RoleBinding| by_team_label(&o))
+    controller
+        .reconcile_on(child_changes)
+        .reconcile_on(member_changes)
+        .reconcile_on(cluster_changes)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

@@ -531,6 +531,12 @@ fn error_policy(ws: Arc<Workspace>, error: &Error, ctx: Arc<Context>) -> Action 
 
 /// Runs the Workspace controller until the process is told to stop.
 pub async fn run(client: Client, route: RouteSettings, metrics: Metrics) {
+    run_with_teams_from(client.clone(), client, route, metrics).await
+}
+
+/// Runs the Workspace controller against `client`'s cluster (a member cluster), reading Teams
+/// and WorkspaceTemplates from `teams_client`'s (the management cluster, where they live).
+pub async fn run_with_teams_from(client: Client, teams_client: Client, route: RouteSettings, metrics: Metrics) {
     let (pods, pod_changes) = watch_labelled(&client, render::WORKSPACE_LABEL);
     let (volumes, volume_changes) = watch_labelled(&client, render::WORKSPACE_LABEL);
     let (services, service_changes) = watch_labelled(&client, render::WORKSPACE_LABEL);
@@ -544,9 +550,9 @@ pub async fn run(client: Client, route: RouteSettings, metrics: Metrics) {
     };
     // Only spec changes of teams and templates concern workspaces (a team's status moves with
     // every pod that starts).
-    let (teams, team_changes) = watch_all::<Team>(&client);
+    let (teams, team_changes) = watch_all::<Team>(&teams_client);
     let team_changes = team_changes.predicate_filter(predicates::generation, Default::default());
-    let (templates, template_changes) = watch_all::<WorkspaceTemplate>(&client);
+    let (templates, template_changes) = watch_all::<WorkspaceTemplate>(&teams_client);
     let template_changes = template_changes.predicate_filter(predicates::generation, Default::default());
     let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
     let ctx = Arc::new(Context {

@@ -111,6 +111,46 @@ impl TestCluster {
         Ok(TestCluster { kubeconfig, server, dir: dir.to_path_buf(), version: String::new(), _supervisor: None })
     }
 
+    /// Starts a cluster of its own for one test, beside the shared one (a second cluster, such as
+    /// a member cluster). It is torn down when the returned value is dropped (the harness sees
+    /// its stdin close) or the test binary exits. Deskpod's CRDs are not installed on it.
+    pub fn start_private() -> Result<TestCluster> {
+        Self::start()
+    }
+
+    /// An admin client for this cluster, without installing anything (unlike [`Self::client`]).
+    pub async fn admin_client(&self) -> Result<Client> {
+        client_from_kubeconfig(&self.kubeconfig).await
+    }
+
+    /// Stops this cluster's API server (killed, as in a crash) and returns once it has exited;
+    /// everything else keeps running. See `testcluster apiserver`.
+    pub fn stop_api_server(&self) -> Result<()> {
+        self.api_server("stop")
+    }
+
+    /// Starts this cluster's API server again (same port, certificates and etcd) and returns
+    /// once it is ready.
+    pub fn start_api_server(&self) -> Result<()> {
+        self.api_server("start")
+    }
+
+    fn api_server(&self, action: &str) -> Result<()> {
+        let output = Command::new(harness_binary()?)
+            .args(["apiserver", "--dir"])
+            .arg(&self.dir)
+            .arg(action)
+            .output()
+            .map_err(|e| Error::StartCluster(format!("running testcluster apiserver {action}: {e}")))?;
+        if !output.status.success() {
+            return Err(Error::StartCluster(format!(
+                "testcluster apiserver {action}: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
     /// Starts a cluster for this test binary.
     fn start() -> Result<TestCluster> {
         let harness = harness_binary()?;
