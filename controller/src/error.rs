@@ -19,7 +19,7 @@ pub enum Error {
 
 impl Error {
     /// Every [`Error::category`], so the error counters can start at 0 for each.
-    pub const CATEGORIES: [&str; 4] = ["apply", "delete", "list", "shutdown"];
+    pub const CATEGORIES: [&str; 5] = ["apply", "delete", "list", "cluster_unavailable", "shutdown"];
 
     /// A fixed, low-cardinality name for metrics labels and logs (one of [`Self::CATEGORIES`]).
     pub fn category(&self) -> &'static str {

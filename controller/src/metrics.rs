@@ -51,7 +51,7 @@ pub const SERIES: &[&str] = &[
 ];
 
 /// The controllers, by the label their series carry.
-pub const CONTROLLERS: [&str; 3] = ["team", "workspace", "ciagent"];
+pub const CONTROLLERS: [&str; 4] = ["team", "workspace", "ciagent", "cluster"];
 
 /// Which controller a series belongs to (one of [`CONTROLLERS`]).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -100,6 +100,7 @@ fn chart_lints_and_renders_restricted_pods_with_default_values() {
     let args: Vec<String> = serde_json::from_value(args).expect("string args");
     let flag = |name: &str| args.iter().position(|a| a == name).map(|i| args[i + 1].as_str());
     assert_eq!(flag("--leader-elect"), Some("deskpod-system/deskpod-controller"));
+    assert_eq!(flag("--cluster-secret-namespace"), Some("deskpod-system"), "member kubeconfigs: the release's");
     assert_eq!(flag("--admin-listen"), Some("0.0.0.0:9090"));
     let probe = &controller["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["httpGet"];
     assert_eq!(probe["path"], "/healthz");
