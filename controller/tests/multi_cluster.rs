@@ -19,7 +19,7 @@ use deskpod_controller::metrics::Metrics;
 use deskpod_controller::team::reconcile;
 use deskpod_controller::team::render::TeamSettings;
 use deskpod_controller::workspace;
-use deskpod_testsupport::{TestCluster, wait_for};
+use deskpod_testsupport::{TestCluster, wait_deleted, wait_for};
 use k8s_openapi::api::core::v1::{Namespace, ResourceQuota, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -275,10 +275,34 @@ async fn a_team_lives_on_its_member_cluster_and_rides_out_its_outage() {
          Ready in {late_ready_after:.1?}), a workspace created then Running in {workspace_after:.1?}"
     );
 
-    controllers.abort();
-    for name in [&east, &home, &late] {
-        teams.delete(name, &DeleteParams::background()).await.expect("delete team");
+    // A team placed on a cluster nobody registered says so, and can be deleted (nothing was made).
+    let lost = format!("{}-x", ns.name);
+    let nowhere = json!({ "placement": { "cluster": format!("{}-nowhere", ns.name) } });
+    teams.create(&PostParams::default(), &team(&lost, nowhere)).await.expect("team on an unknown cluster");
+    let unknown =
+        wait_for(&teams, &lost, "UnknownCluster", WAIT, team_ready_with("False", "UnknownCluster")).await.unwrap();
+    assert!(unknown.finalizers().is_empty(), "nothing on any member to clean up");
+    teams.delete(&lost, &DeleteParams::background()).await.expect("delete");
+    wait_deleted(&teams, &lost, "team on an unknown cluster deleted", WAIT).await.unwrap();
+
+    // Deleting a placed team deletes its namespace on the member (nothing there is owned by the
+    // Team, which the member does not have): the Team stays until that is done.
+    assert!(
+        teams.get(&east).await.unwrap().finalizers().iter().any(|f| f == reconcile::MEMBER_CLEANUP_FINALIZER),
+        "placed teams carry the clean-up finalizer"
+    );
+    for name in [&east, &late] {
+        teams.delete(name, &DeleteParams::background()).await.expect("delete placed team");
+        wait_deleted(&teams, name, "placed Team deleted", WAIT).await.unwrap();
+        let ns = member_namespaces.get_opt(&format!("team-{name}")).await.unwrap();
+        assert!(
+            ns.is_none_or(|ns| ns.metadata.deletion_timestamp.is_some()),
+            "the namespace of {name} on the member is deleted with the Team"
+        );
     }
+
+    controllers.abort();
+    teams.delete(&home, &DeleteParams::background()).await.expect("delete team");
     templates.delete(&template, &DeleteParams::default()).await.expect("delete template");
     clusters.delete(&cluster_name, &DeleteParams::default()).await.expect("delete Cluster");
 }

@@ -240,8 +240,61 @@ async fn target(team: &Team, ctx: &Context) -> Result<Target> {
     Ok(Target { client: member.client.clone(), children, cluster: Some(cluster) })
 }
 
+/// Finalizer of Teams placed on a member cluster. Their namespace there has no owner the member's
+/// garbage collector knows, so the controller deletes it when the Team goes.
+pub const MEMBER_CLEANUP_FINALIZER: &str = "deskpod.io/member-cleanup";
+
+fn has_cleanup_finalizer(team: &Team) -> bool {
+    team.finalizers().iter().any(|f| f == MEMBER_CLEANUP_FINALIZER)
+}
+
+/// Sets the Team's finalizers to `finalizers`, guarded by its resourceVersion (a concurrent
+/// change makes this fail and the reconcile run again).
+async fn set_finalizers(ctx: &Context, team: &Team, finalizers: Vec<String>) -> Result<()> {
+    let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": team.resource_version() } });
+    Api::<Team>::all(ctx.client.clone())
+        .patch(&team.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .map_err(|source| Error::Apply { kind: "Team finalizers".into(), name: team.name_any(), source })?;
+    Ok(())
+}
+
+/// A placed Team is going: its namespace on the member goes first (the rest is in it). Until the
+/// member can be reached the Team stays, so nothing is left behind there.
+async fn clean_up_member(team: &Team, ctx: &Context) -> Result<Action> {
+    let cluster = team
+        .spec
+        .placement
+        .as_ref()
+        .map(|p| p.cluster.clone())
+        .or_else(|| team.status.as_ref().and_then(|s| s.cluster.clone()))
+        .unwrap_or_default();
+    let unavailable = |reason, message| Error::ClusterUnavailable { cluster: cluster.clone(), reason, message };
+    let Some(member) = ctx.members.get(&cluster) else {
+        let message = format!("cannot remove the team's namespace: no Cluster {cluster:?} is connected");
+        return Err(unavailable("UnknownCluster", message));
+    };
+    if let Some((_, why)) = member.problem() {
+        let message = format!("cannot remove the team's namespace: cluster {cluster:?} is not available: {why}");
+        return Err(unavailable("ClusterUnavailable", message));
+    }
+    let namespaces: Api<Namespace> = Api::all(member.client.clone());
+    let ns = render::namespace_name(&team.name_any());
+    match tokio::time::timeout(MEMBER_TIMEOUT, delete_if_present(&namespaces, &ns)).await {
+        Ok(deleted) => deleted?,
+        Err(_) => return Err(unavailable("ClusterUnavailable", format!("deleting {ns} took over {MEMBER_TIMEOUT:?}"))),
+    }
+    tracing::info!(team = %team.name_any(), %cluster, namespace = %ns, "team deleted: its namespace on the member goes too");
+    let rest = team.finalizers().iter().filter(|f| *f != MEMBER_CLEANUP_FINALIZER).cloned().collect();
+    set_finalizers(ctx, team, rest).await?;
+    Ok(Action::await_change())
+}
+
 async fn reconcile_team(team: &Team, ctx: &Context) -> Result<Action> {
     if team.meta().deletion_timestamp.is_some() {
+        if has_cleanup_finalizer(team) {
+            return clean_up_member(team, ctx).await;
+        }
         // Owner references take the namespace and everything in it away.
         return Ok(Action::await_change());
     }
@@ -249,6 +302,14 @@ async fn reconcile_team(team: &Team, ctx: &Context) -> Result<Action> {
     let applied = match target(team, ctx).await {
         Ok(target) => match &target.cluster {
             None => apply_team(team, &target, &ctx.settings, &now).await,
+            Some(_) if !has_cleanup_finalizer(team) => {
+                // Before anything is made on the member (a team placed on a cluster that never
+                // connected can go without it). The update brings the Team back here.
+                let mut finalizers = team.finalizers().to_vec();
+                finalizers.push(MEMBER_CLEANUP_FINALIZER.into());
+                set_finalizers(ctx, team, finalizers).await?;
+                return Ok(Action::await_change());
+            }
             Some(cluster) => tokio::time::timeout(MEMBER_TIMEOUT, apply_team(team, &target, &ctx.settings, &now))
                 .await
                 .unwrap_or_else(|_| {
