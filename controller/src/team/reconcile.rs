@@ -528,15 +528,7 @@ pub async fn run_with_members(client: Client, settings: TeamSettings, members: M
     let controller = Controller::new(Api::<Team>::all(client.clone()), watcher::Config::default()).with_config(config);
     // A member that comes, goes, fails or recovers concerns the teams placed on it.
     let teams = controller.store();
-    let cluster_changes = members.subscribe().flat_map(move |cluster| {
-        let placed = teams
-            .state()
-            .into_iter()
-            .filter(|t| t.spec.placement.as_ref().is_some_and(|p| p.cluster == cluster))
-            .map(|t| ObjectRef::from_obj(&*t))
-            .collect::<Vec<_>>();
-        futures::stream::iter(placed)
-    });
+    let changed_clusters = members.subscribe();
     let ctx = Arc::new(Context {
         client,
         settings,
@@ -548,6 +540,22 @@ pub async fn run_with_members(client: Client, settings: TeamSettings, members: M
         member_children: Mutex::default(),
         triggers,
     });
+    let cluster_changes = {
+        let ctx = ctx.clone();
+        changed_clusters.flat_map(move |cluster| {
+            if ctx.members.get(&cluster).is_none() {
+                // Disconnected: its watches stop (dropping the entry aborts them).
+                ctx.member_children.lock().expect("member children").remove(&cluster);
+            }
+            let placed = teams
+                .state()
+                .into_iter()
+                .filter(|t| t.spec.placement.as_ref().is_some_and(|p| p.cluster == cluster))
+                .map(|t| ObjectRef::from_obj(&*t))
+                .collect::<Vec<_>>();
+            futures::stream::iter(placed)
+        })
+    };
     controller
         .reconcile_on(child_changes)
         .reconcile_on(member_changes)
