@@ -58,28 +58,24 @@ struct Context {
 struct MemberChildren {
     epoch: u64,
     children: Arc<Children>,
-    /// True once every watch has listed.
-    ready: tokio::sync::watch::Receiver<bool>,
-    /// Feeds the member's changes to the controller, and says when the copies are ready;
-    /// stopped when replaced.
-    tasks: [tokio::task::JoinHandle<()>; 2],
+    /// Feeds the member's changes to the controller; stopped when replaced.
+    forward: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for MemberChildren {
     fn drop(&mut self) {
-        self.tasks.iter().for_each(|t| t.abort());
+        self.forward.abort();
     }
 }
 
 impl Context {
-    /// The watched copies on `member`, started on first use (and again after a reconnect), and
-    /// whether they are ready.
-    fn member_children(&self, member: &Member) -> (Arc<Children>, tokio::sync::watch::Receiver<bool>) {
+    /// The watched copies on `member`, started on first use (and again after a reconnect).
+    fn member_children(&self, member: &Member) -> Arc<Children> {
         let mut all = self.member_children.lock().expect("member children");
         if let Some(found) = all.get(&member.name)
             && found.epoch == member.epoch
         {
-            return (found.children.clone(), found.ready.clone());
+            return found.children.clone();
         }
         let (children, changes) = Children::watch(&member.client);
         let children = Arc::new(children);
@@ -88,26 +84,8 @@ impl Context {
             let _ = triggers.unbounded_send(team);
             futures::future::ready(())
         }));
-        // One waiter on the stores, many on the channel: a store's readiness wakes only the
-        // last of several tasks waiting on it at once (kube-runtime's `wait_until_ready` keeps
-        // one waker), so reconciles of several teams must not wait on the stores directly.
-        let (ready_tx, ready) = tokio::sync::watch::channel(false);
-        let announce = tokio::spawn({
-            let children = children.clone();
-            async move {
-                if children.ready().await.is_ok() {
-                    let _ = ready_tx.send(true);
-                }
-            }
-        });
-        let entry = MemberChildren {
-            epoch: member.epoch,
-            children: children.clone(),
-            ready: ready.clone(),
-            tasks: [forward, announce],
-        };
-        all.insert(member.name.clone(), entry);
-        (children, ready)
+        all.insert(member.name.clone(), MemberChildren { epoch: member.epoch, children: children.clone(), forward });
+        children
     }
 }
 
@@ -229,9 +207,10 @@ async fn target(team: &Team, ctx: &Context) -> Result<Target> {
     if let Some((_, why)) = member.problem() {
         return Err(unavailable("ClusterUnavailable", format!("cluster {cluster:?} is not available: {why}")));
     }
-    let (children, mut ready) = ctx.member_children(&member);
-    match tokio::time::timeout(MEMBER_TIMEOUT, ready.wait_for(|ready| *ready)).await {
-        Ok(ready) => drop(ready.map_err(|_| Error::Shutdown)?),
+    let children = ctx.member_children(&member);
+    // Several teams' reconciles wait here at once after a reconnect: cache::ready wakes them all.
+    match tokio::time::timeout(MEMBER_TIMEOUT, children.ready()).await {
+        Ok(ready) => ready?,
         Err(_) => {
             let message = format!("cluster {cluster:?}: the team's objects there could not be listed");
             return Err(unavailable("ClusterUnavailable", message));
