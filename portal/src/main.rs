@@ -70,10 +70,15 @@ struct Cli {
 
     /// TEST-ONLY, never in production: with `--backend kubernetes`, honour the Workspace
     /// annotation `deskpod.io/desktop-endpoint: 127.0.0.1:<port>` as the desktop's address
-    /// instead of its Service. For test clusters whose (kwok) pods run no desktop. Anyone who may
+    /// instead of its pod's. For test clusters whose (kwok) pods run no desktop. Anyone who may
     /// annotate a Workspace could point the portal's desktop proxy anywhere.
     #[arg(long)]
     allow_desktop_endpoint_override: bool,
+
+    /// With `--backend kubernetes`: the namespace of the member clusters' kubeconfig Secrets (the
+    /// controller's `--cluster-secret-namespace`), for teams placed on a member cluster.
+    #[arg(long, value_name = "NAMESPACE", default_value = deskpod_portal::backend::kubernetes::DEFAULT_CLUSTER_SECRET_NAMESPACE)]
+    cluster_secret_namespace: String,
 
     /// Debian's `novnc` package files, served under /novnc/ for the desktop view (no CDN).
     #[arg(long, env = "DESKPOD_NOVNC_DIR", default_value = "/usr/share/novnc")]
@@ -165,9 +170,11 @@ async fn main() -> anyhow::Result<()> {
             if allow_endpoint_override {
                 tracing::warn!("--allow-desktop-endpoint-override is set: for tests only, never in production");
             }
-            let backend = KubernetesBackend::start(client, KubernetesOptions { allow_endpoint_override })
-                .await
-                .context("starting the Kubernetes backend")?;
+            let options = KubernetesOptions {
+                allow_endpoint_override,
+                cluster_secret_namespace: Some(cli.cluster_secret_namespace.clone()),
+            };
+            let backend = KubernetesBackend::start(client, options).await.context("starting the Kubernetes backend")?;
             state = state.with_backend(Arc::new(backend));
         }
         BackendKind::None => {}

@@ -33,7 +33,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use deskpod_controller::api::{
-    DesktopProtocol, HomeVolume, Team, TeamMember, TeamSpec, Workspace, WorkspacePhase, WorkspaceSpec,
+    Cluster, DesktopProtocol, HomeVolume, Team, TeamMember, TeamSpec, Workspace, WorkspacePhase, WorkspaceSpec,
     WorkspaceTemplate, WorkspaceTemplateSpec,
 };
 use deskpod_controller::quantity::{self, Milli};
@@ -87,11 +87,16 @@ const TEAM_PATCH_ATTEMPTS: u32 = 5;
 pub struct KubernetesOptions {
     /// Honour [`DESKTOP_ENDPOINT_ANNOTATION`] on Workspaces. Test-only: never in production.
     pub allow_endpoint_override: bool,
+    /// The namespace of the member clusters' kubeconfig Secrets (the controller's
+    /// `--cluster-secret-namespace`); `deskpod-system` when unset.
+    pub cluster_secret_namespace: Option<String>,
 }
 
 /// Workspaces on Kubernetes, reconciled by deskpod-controller.
 pub struct KubernetesBackend {
     client: Client,
+    /// Clients for the member clusters that placed teams live on.
+    members: MemberClients,
     teams: Store<Team>,
     options: KubernetesOptions,
     /// The watch that keeps `teams` current; aborted when the backend is dropped.
@@ -152,7 +157,10 @@ impl KubernetesBackend {
                 })
                 .instrument(tracing::info_span!("team_watch")),
         );
-        let backend = Self { client, teams, options, team_watch };
+        let members = MemberClients::new(
+            options.cluster_secret_namespace.clone().unwrap_or_else(|| DEFAULT_CLUSTER_SECRET_NAMESPACE.to_owned()),
+        );
+        let backend = Self { client, members, teams, options, team_watch };
         match tokio::time::timeout(CACHE_SYNC_TIMEOUT, backend.teams.wait_until_ready()).await {
             Ok(Ok(())) => Ok(backend),
             _ => Err(BackendError::Unavailable(format!(
@@ -162,24 +170,28 @@ impl KubernetesBackend {
         }
     }
 
-    /// The client this backend talks to the API server with.
-    pub(super) fn client(&self) -> Client {
-        self.client.clone()
-    }
-
     fn cached_team(&self, team: &str) -> Option<std::sync::Arc<Team>> {
         self.teams.get(&ObjectRef::new(team))
     }
 
-    fn workspaces_api(&self, team: &str) -> Api<Workspace> {
-        Api::namespaced(self.client.clone(), &team_namespace(team))
+    /// The client of the cluster `team` lives on: this backend's own, or the member cluster the
+    /// team is placed on (`spec.placement.cluster`), where its namespace, workspaces and agents are.
+    pub(super) async fn team_client(&self, team: &str) -> BackendResult<Client> {
+        match self.cached_team(team).and_then(|t| t.spec.placement.as_ref().map(|p| p.cluster.clone())) {
+            None => Ok(self.client.clone()),
+            Some(cluster) => self.members.client(&self.client, team, &cluster).await,
+        }
+    }
+
+    async fn workspaces_api(&self, team: &str) -> BackendResult<Api<Workspace>> {
+        Ok(Api::namespaced(self.team_client(team).await?, &team_namespace(team)))
     }
 
     async fn get_workspace(&self, team: &str, name: &str) -> BackendResult<Option<Workspace>> {
         if validate_workspace_name(name).is_err() {
             return Ok(None);
         }
-        self.workspaces_api(team).get_opt(name).await.map_err(|e| unavailable("reading a workspace", e))
+        self.workspaces_api(team).await?.get_opt(name).await.map_err(|e| unavailable("reading a workspace", e))
     }
 
     async fn create(&self, new: NewWorkspace) -> BackendResult<WorkspaceView> {
@@ -227,7 +239,7 @@ impl KubernetesBackend {
         // Quota admission updates the team's ResourceQuota with optimistic concurrency; a create
         // at the same moment as another one in the team can get a conflict about the quota that
         // says nothing about this workspace. Those are retried.
-        let api = self.workspaces_api(&new.team);
+        let api = self.workspaces_api(&new.team).await?;
         let mut attempts = 1;
         let created = loop {
             match api.create(&PostParams::default(), &workspace).await {
@@ -257,6 +269,7 @@ impl KubernetesBackend {
             return Ok(None);
         }
         let namespace = team_namespace(team);
+        let on = self.team_client(team).await?;
         let template = Api::<WorkspaceTemplate>::all(self.client.clone())
             .get_opt(&workspace.spec.template)
             .await
@@ -281,7 +294,7 @@ impl KubernetesBackend {
                 ))
             })?,
             None => {
-                let pod = Api::<Pod>::namespaced(self.client.clone(), &namespace)
+                let pod = Api::<Pod>::namespaced(on.clone(), &namespace)
                     .get_opt(&pod_name(name))
                     .await
                     .map_err(|e| unavailable("reading a desktop pod", e))?;
@@ -291,7 +304,7 @@ impl KubernetesBackend {
                 }
             }
         };
-        let secret = Api::<Secret>::namespaced(self.client.clone(), &namespace)
+        let secret = Api::<Secret>::namespaced(on, &namespace)
             .get_opt(&vnc_secret_name(name))
             .await
             .map_err(|e| unavailable("reading a desktop password", e))?;
@@ -306,7 +319,7 @@ impl KubernetesBackend {
         if validate_workspace_name(name).is_err() {
             return Err(not_found(team, name));
         }
-        match self.workspaces_api(team).patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        match self.workspaces_api(team).await?.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(status)) if status.is_not_found() => Err(not_found(team, name)),
             Err(e) => Err(unavailable(what, e)),
@@ -402,6 +415,59 @@ impl AdminObject for WorkspaceTemplate {
     }
     fn set_spec(&mut self, spec: WorkspaceTemplateSpec) {
         self.spec = spec;
+    }
+}
+
+/// Where the members' kubeconfig Secrets are unless the portal is told otherwise (the chart's
+/// release namespace, as the controller's `--cluster-secret-namespace`).
+pub const DEFAULT_CLUSTER_SECRET_NAMESPACE: &str = "deskpod-system";
+
+/// Clients for member clusters, built from the kubeconfig Secrets the controller uses (the Secret
+/// a `Cluster` names, in one namespace), with the same timeouts
+/// ([`deskpod_controller::cluster::connect`]). A client is rebuilt when its Secret changes.
+struct MemberClients {
+    secret_namespace: String,
+    /// By cluster name: the Secret's resourceVersion the client was built from, and the client.
+    clients: std::sync::Mutex<std::collections::HashMap<String, (String, Client)>>,
+}
+
+impl MemberClients {
+    fn new(secret_namespace: String) -> Self {
+        Self { secret_namespace, clients: Default::default() }
+    }
+
+    async fn client(&self, management: &Client, team: &str, cluster: &str) -> BackendResult<Client> {
+        let unusable = |why: String| {
+            BackendError::Unavailable(format!(
+                "team {team} lives on the cluster {cluster}, which the portal cannot use: {why}"
+            ))
+        };
+        let registered = Api::<Cluster>::all(management.clone())
+            .get_opt(cluster)
+            .await
+            .map_err(|e| unavailable("reading a Cluster", e))?
+            .ok_or_else(|| unusable("no such Cluster is registered".into()))?;
+        let reference = &registered.spec.kubeconfig_secret;
+        let secret = Api::<Secret>::namespaced(management.clone(), &self.secret_namespace)
+            .get_opt(&reference.name)
+            .await
+            .map_err(|e| unavailable("reading a cluster's kubeconfig Secret", e))?
+            .ok_or_else(|| unusable(format!("no Secret {}/{}", self.secret_namespace, reference.name)))?;
+        let version = secret.resource_version().unwrap_or_default();
+        if let Some((built_from, client)) = self.clients.lock().expect("member clients").get(cluster)
+            && *built_from == version
+        {
+            return Ok(client.clone());
+        }
+        let kubeconfig = secret
+            .data
+            .and_then(|mut data| data.remove(&reference.key))
+            .and_then(|bytes| String::from_utf8(bytes.0).ok())
+            .ok_or_else(|| unusable(format!("the Secret has no key {:?}", reference.key)))?;
+        let client =
+            deskpod_controller::cluster::connect::client_from_kubeconfig(&kubeconfig).await.map_err(unusable)?;
+        self.clients.lock().expect("member clients").insert(cluster.to_owned(), (version, client.clone()));
+        Ok(client)
     }
 }
 
@@ -547,12 +613,20 @@ impl KubernetesBackend {
         if validate_workspace_name(template).is_err() {
             return Err(missing());
         }
-        let workspaces = Api::<Workspace>::all(self.client.clone())
+        let mut workspaces = Api::<Workspace>::all(self.client.clone())
             .list(&ListParams::default())
             .await
-            .map_err(|e| unavailable("listing workspaces", e))?;
+            .map_err(|e| unavailable("listing workspaces", e))?
+            .items;
+        // Teams placed on member clusters have their workspaces there: a member that cannot be
+        // asked refuses the deletion (unavailable) rather than let a template in use go.
+        let placed: Vec<String> =
+            self.teams.state().iter().filter(|t| t.spec.placement.is_some()).map(|t| t.name_any()).collect();
+        for team in placed {
+            let on_member = self.workspaces_api(&team).await?.list(&ListParams::default()).await;
+            workspaces.extend(on_member.map_err(|e| unavailable("listing a member cluster's workspaces", e))?.items);
+        }
         let users: Vec<String> = workspaces
-            .items
             .iter()
             .filter(|ws| ws.spec.template == template && ws.metadata.deletion_timestamp.is_none())
             .filter_map(|ws| {
@@ -619,7 +693,7 @@ impl Backend for KubernetesBackend {
             if let Some(owner) = owner {
                 params = params.labels(&format!("{OWNER_HASH_LABEL}={}", owner_hash(owner)));
             }
-            let list = match self.workspaces_api(team).list(&params).await {
+            let list = match self.workspaces_api(team).await?.list(&params).await {
                 Ok(list) => list,
                 Err(kube::Error::Api(status)) if status.is_not_found() => return Ok(vec![]),
                 Err(e) => return Err(unavailable("listing workspaces", e)),
@@ -659,7 +733,7 @@ impl Backend for KubernetesBackend {
             if validate_workspace_name(name).is_err() {
                 return Err(not_found(team, name));
             }
-            match self.workspaces_api(team).delete(name, &DeleteParams::background()).await {
+            match self.workspaces_api(team).await?.delete(name, &DeleteParams::background()).await {
                 Ok(_) => Ok(()),
                 Err(kube::Error::Api(status)) if status.is_not_found() => Err(not_found(team, name)),
                 Err(e) => Err(unavailable("deleting a workspace", e)),

@@ -61,8 +61,8 @@ pub fn agent_view(team: &str, agent: &CiAgent) -> AgentView {
 }
 
 impl KubernetesBackend {
-    fn agents_api(&self, team: &str) -> Api<CiAgent> {
-        Api::namespaced(self.client(), &team_namespace(team))
+    async fn agents_api(&self, team: &str) -> BackendResult<Api<CiAgent>> {
+        Ok(Api::namespaced(self.team_client(team).await?, &team_namespace(team)))
     }
 
     pub(super) async fn submit_agent(&self, new: NewAgent) -> BackendResult<AgentView> {
@@ -78,7 +78,7 @@ impl KubernetesBackend {
         };
         // The team's ResourceQuota counts CiAgents (its queue's length); a create at the same
         // moment as another one in the team can get a conflict about the quota: retried.
-        let api = self.agents_api(&new.team);
+        let api = self.agents_api(&new.team).await?;
         let mut attempts = 1;
         let created = loop {
             match api.create(&PostParams::default(), &agent).await {
@@ -103,7 +103,7 @@ impl KubernetesBackend {
     }
 
     pub(super) async fn list_agents(&self, team: &str) -> BackendResult<Vec<AgentView>> {
-        let list = match self.agents_api(team).list(&ListParams::default()).await {
+        let list = match self.agents_api(team).await?.list(&ListParams::default()).await {
             Ok(list) => list.items,
             Err(kube::Error::Api(status)) if status.is_not_found() => vec![],
             Err(e) => return Err(unavailable("listing CI agents", e)),
@@ -117,7 +117,7 @@ impl KubernetesBackend {
         if super::views::validate_workspace_name(name).is_err() {
             return Ok(None);
         }
-        self.agents_api(team).get_opt(name).await.map_err(|e| unavailable("reading a CI agent", e))
+        self.agents_api(team).await?.get_opt(name).await.map_err(|e| unavailable("reading a CI agent", e))
     }
 
     pub(super) async fn agent_log_stream(&self, team: &str, name: &str, follow: bool) -> BackendResult<LogStream> {
@@ -135,7 +135,7 @@ impl KubernetesBackend {
             }
         };
         let params = LogParams { follow, ..LogParams::default() };
-        let pods: Api<Pod> = Api::namespaced(self.client(), &team_namespace(team));
+        let pods: Api<Pod> = Api::namespaced(self.team_client(team).await?, &team_namespace(team));
         let reader = match pods.log_stream(&pod, &params).await {
             Ok(reader) => reader,
             // The pod went with its finished agent's TTL, or never ran anywhere that keeps logs.
@@ -155,7 +155,7 @@ impl KubernetesBackend {
         if super::views::validate_workspace_name(name).is_err() {
             return Err(not_found(team, name));
         }
-        match self.agents_api(team).delete(name, &DeleteParams::background()).await {
+        match self.agents_api(team).await?.delete(name, &DeleteParams::background()).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(status)) if status.is_not_found() => Err(not_found(team, name)),
             Err(e) => Err(unavailable("deleting a CI agent", e)),

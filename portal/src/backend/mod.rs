@@ -81,6 +81,9 @@ pub struct TeamView {
     pub leads_may_connect: bool,
     /// Who is in the team, expired members included (pages mark them).
     pub members: Vec<MemberView>,
+    /// The member cluster the team's namespace and desktops are on (`placement.cluster`);
+    /// `None`: where the portal's own backend runs them.
+    pub cluster: Option<String>,
 }
 
 /// A member of a team.

@@ -77,7 +77,13 @@ pub fn team_view(team: &Team) -> TeamView {
             expires_at: m.expires_at.as_ref().map(|t| t.0),
         })
         .collect();
-    TeamView { name: team.name_any(), quota, leads_may_connect: team.spec.allow_lead_access, members }
+    TeamView {
+        name: team.name_any(),
+        quota,
+        leads_may_connect: team.spec.allow_lead_access,
+        members,
+        cluster: team.spec.placement.as_ref().map(|p| p.cluster.clone()),
+    }
 }
 
 pub fn role(role: TeamObjectRole) -> TeamRole {

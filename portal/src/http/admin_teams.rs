@@ -248,6 +248,8 @@ struct TeamLine {
     members: usize,
     /// Quota in use, e.g. `Workspaces 1 of 20 · CPU limits 2 of 8`.
     quota: String,
+    /// Where the team lives: its member cluster, or `local` (where the portal runs desktops).
+    cluster: String,
 }
 
 /// The quota resources the list shows, in order, with their labels.
@@ -267,7 +269,8 @@ impl TeamLine {
             .filter_map(|(key, label)| team.quota.get(*key).map(|q| format!("{label} {} of {}", q.used, q.hard)))
             .collect::<Vec<_>>()
             .join(" · ");
-        Self { name: team.name, members: team.members.len(), quota }
+        let cluster = team.cluster.unwrap_or_else(|| "local".to_owned());
+        Self { name: team.name, members: team.members.len(), quota, cluster }
     }
 }
 

@@ -712,6 +712,8 @@ struct MemberLine {
 struct TeamPage {
     nav: Option<Nav>,
     team: String,
+    /// The member cluster the team lives on, if not the portal's own.
+    cluster: Option<String>,
     members: Vec<MemberLine>,
     quota: TeamQuota,
     running: Vec<WorkspaceRow>,
@@ -737,6 +739,7 @@ async fn team_page(
     Ok(Page(TeamPage {
         nav: Nav::of(&user),
         quota: TeamQuota { team: view.name.clone(), lines: quota_lines(&view) },
+        cluster: view.cluster.clone(),
         team: view.name,
         members,
         running: running.into_iter().map(WorkspaceRow::new).collect(),
@@ -816,6 +819,7 @@ mod tests {
             ]),
             leads_may_connect: false,
             members: vec![],
+            cluster: None,
         };
         let lines = quota_lines(&team);
         assert_eq!(

@@ -40,7 +40,13 @@ impl TestBackend {
     }
 
     pub fn add_team(&self, team: &str, leads_may_connect: bool) {
-        let view = TeamView { name: team.into(), quota: Default::default(), leads_may_connect, members: Vec::new() };
+        let view = TeamView {
+            name: team.into(),
+            quota: Default::default(),
+            leads_may_connect,
+            members: Vec::new(),
+            cluster: None,
+        };
         self.teams.lock().unwrap().insert(team.into(), view);
     }
 

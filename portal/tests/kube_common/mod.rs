@@ -128,7 +128,7 @@ impl Fixture {
             .expect("create template");
         wait_team_ready(&client, &team).await;
 
-        let options = KubernetesOptions { allow_endpoint_override };
+        let options = KubernetesOptions { allow_endpoint_override, ..KubernetesOptions::default() };
         let backend = KubernetesBackend::start(client.clone(), options).await.expect("backend starts");
         let mut portal = Portal::new().await;
         portal.state = portal.state.clone().with_backend(Arc::new(backend));
