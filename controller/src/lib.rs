@@ -15,6 +15,7 @@ pub mod gateway;
 pub mod leader;
 pub mod metrics;
 pub mod quantity;
+pub mod run;
 pub mod team;
 pub mod workspace;
 

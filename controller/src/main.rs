@@ -2,23 +2,16 @@
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use deskpod_controller::agent::{self, reconcile::AgentSettings};
-use deskpod_controller::cluster::{
-    self, Members,
-    reconcile::{ClusterSettings, MemberControllers},
-};
+use deskpod_controller::agent::reconcile::AgentSettings;
+use deskpod_controller::cluster::reconcile::ClusterSettings;
 use deskpod_controller::gateway::ParentReference;
 use deskpod_controller::metrics::Metrics;
-use deskpod_controller::team::{reconcile, render::TeamSettings};
-use deskpod_controller::workspace::{
-    self,
-    render::{ForwardAuth, RouteMode, RouteSettings},
-};
-use deskpod_controller::{admin, crd, leader};
+use deskpod_controller::team::render::TeamSettings;
+use deskpod_controller::workspace::render::{ForwardAuth, RouteMode, RouteSettings};
+use deskpod_controller::{admin, crd, leader, run};
 
 #[derive(Parser)]
 #[command(name = "deskpod-controller", version, about = "Deskpod's Kubernetes controller")]
@@ -163,43 +156,13 @@ async fn run(
         }
     });
 
-    let controller_client = client.clone();
-    let controllers = async move {
-        tracing::info!("deskpod-controller reconciling Teams, Workspaces, CiAgents and Clusters");
-        let members = Members::default();
-        // Each member cluster gets its own Workspace and CiAgent controllers; Teams and
-        // templates are read from this cluster.
-        let start_member: MemberControllers = {
-            let (management, route, agents, metrics) =
-                (controller_client.clone(), route.clone(), agents.clone(), metrics.clone());
-            Arc::new(move |name: String, member: kube::Client| {
-                let (management, route, agents, metrics) =
-                    (management.clone(), route.clone(), agents.clone(), metrics.clone());
-                Box::pin(async move {
-                    tracing::info!(cluster = %name, "reconciling Workspaces and CiAgents on a member cluster");
-                    tokio::join!(
-                        workspace::reconcile::run_with_teams_from(
-                            member.clone(),
-                            management.clone(),
-                            route,
-                            metrics.clone()
-                        ),
-                        agent::reconcile::run_with_teams_from(member, management, agents, metrics)
-                    );
-                })
-            })
-        };
-        tokio::join!(
-            reconcile::run_with_members(
-                controller_client.clone(),
-                TeamSettings { trusted_namespaces },
-                members.clone(),
-                metrics.clone()
-            ),
-            workspace::reconcile::run(controller_client.clone(), route, metrics.clone()),
-            agent::reconcile::run(controller_client.clone(), agents, metrics.clone()),
-            cluster::reconcile::run(controller_client, clusters, members, start_member, metrics)
-        );
+    let settings = run::Settings { teams: TeamSettings { trusted_namespaces }, route, agents, clusters };
+    let controllers = {
+        let client = client.clone();
+        async move {
+            tracing::info!("deskpod-controller reconciling Teams, Workspaces, CiAgents and Clusters");
+            run::controllers(client, settings, metrics).await;
+        }
     };
     match leader_elect {
         None => controllers.await,

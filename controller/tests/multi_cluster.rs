@@ -7,18 +7,14 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{WAIT, controller_client};
-use deskpod_controller::agent;
 use deskpod_controller::api::{Cluster, Team, Workspace, WorkspacePhase, WorkspaceTemplate};
-use deskpod_controller::cluster::reconcile::{ClusterSettings, MemberControllers};
-use deskpod_controller::cluster::{self, Members};
+use deskpod_controller::cluster::reconcile::ClusterSettings;
 use deskpod_controller::metrics::Metrics;
+use deskpod_controller::run;
 use deskpod_controller::team::reconcile;
-use deskpod_controller::team::render::TeamSettings;
-use deskpod_controller::workspace;
 use deskpod_testsupport::{TestCluster, wait_deleted, wait_for};
 use k8s_openapi::api::core::v1::{Namespace, ResourceQuota, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -86,39 +82,13 @@ fn workspace(name: &str, template: &str) -> Workspace {
     .unwrap()
 }
 
-/// The controllers as the binary runs them: Teams and Workspaces on the management cluster, the
-/// Cluster controller, and each member's Workspace and CiAgent controllers once it connects.
+/// The controllers as the binary runs them, probing members every [`PROBE_INTERVAL`].
 fn spawn_controllers(client: Client, secret_namespace: String) -> tokio::task::JoinHandle<()> {
-    let metrics = Metrics::register(&mut Registry::default());
-    let members = Members::default();
-    let route = common::route_settings();
-    let start_member: MemberControllers = {
-        let (management, route, metrics) = (client.clone(), route.clone(), metrics.clone());
-        Arc::new(move |_name: String, member: Client| {
-            let (management, route, metrics) = (management.clone(), route.clone(), metrics.clone());
-            Box::pin(async move {
-                tokio::join!(
-                    workspace::reconcile::run_with_teams_from(
-                        member.clone(),
-                        management.clone(),
-                        route,
-                        metrics.clone()
-                    ),
-                    agent::reconcile::run_with_teams_from(member, management, Default::default(), metrics)
-                );
-            })
-        })
-    };
-    let settings =
+    let mut settings = run::Settings::new("desk.test");
+    settings.clusters =
         ClusterSettings { secret_namespace, probe_interval: PROBE_INTERVAL, probe_timeout: Duration::from_secs(2) };
-    let teams = TeamSettings { trusted_namespaces: vec!["deskpod-system".into()] };
-    tokio::spawn(async move {
-        tokio::join!(
-            reconcile::run_with_members(client.clone(), teams, members.clone(), metrics.clone()),
-            workspace::reconcile::run(client.clone(), route, metrics.clone()),
-            cluster::reconcile::run(client, settings, members, start_member, metrics)
-        );
-    })
+    settings.route = common::route_settings();
+    tokio::spawn(run::controllers(client, settings, Metrics::register(&mut Registry::default())))
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -26,8 +26,7 @@ use std::time::{Duration, Instant};
 
 use deskpod_controller::api::{Team, Workspace, WorkspacePhase, WorkspaceTemplate};
 use deskpod_controller::metrics::Metrics;
-use deskpod_controller::team::render::TeamSettings;
-use deskpod_controller::workspace::render::{ForwardAuth, RouteMode, RouteSettings, home_pvc_name, pod_name};
+use deskpod_controller::workspace::render::{home_pvc_name, pod_name};
 use deskpod_portal::backend::Backend;
 use deskpod_portal::backend::kubernetes::{KubernetesBackend, KubernetesOptions, team_namespace};
 use deskpod_testsupport::{TestCluster, wait_deleted, wait_for};
@@ -114,7 +113,9 @@ struct Kubernetes {
 
 impl Kubernetes {
     async fn start(client: Client) -> anyhow::Result<Self> {
-        let controllers = tokio::spawn(controllers(client.clone()));
+        let metrics = Metrics::register(&mut prometheus_client::registry::Registry::default());
+        let settings = deskpod_controller::run::Settings::new("desk.bench");
+        let controllers = tokio::spawn(deskpod_controller::run::controllers(client.clone(), settings, metrics));
         let team = format!("bench{}", std::process::id());
         let template = format!("{team}-python");
         let team_object: Team = serde_json::from_value(json!({
@@ -246,22 +247,4 @@ impl Stages {
         seen.sort_by_key(|(_, at)| *at);
         seen.iter().map(|(stage, at)| format!("{stage} {:.2} s", at.as_secs_f64())).collect::<Vec<_>>().join(", ")
     }
-}
-
-/// The Team and Workspace controllers, as `deskpod-controller run` runs them.
-async fn controllers(client: Client) {
-    let route = RouteSettings {
-        base_domain: "desk.bench".into(),
-        mode: RouteMode::Host,
-        ingress_class: None,
-        tls_secret: None,
-        auth: ForwardAuth::None,
-        gateway: None,
-    };
-    let settings = TeamSettings { trusted_namespaces: vec!["deskpod-system".into()] };
-    let metrics = Metrics::register(&mut prometheus_client::registry::Registry::default());
-    tokio::join!(
-        deskpod_controller::team::reconcile::run(client.clone(), settings, metrics.clone()),
-        deskpod_controller::workspace::reconcile::run(client, route, metrics),
-    );
 }

@@ -13,11 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deskpod_controller::api::{Cluster, Team, Workspace, WorkspacePhase, WorkspaceTemplate};
-use deskpod_controller::cluster::reconcile::{ClusterSettings, MemberControllers};
-use deskpod_controller::cluster::{self, Members};
+use deskpod_controller::cluster::reconcile::ClusterSettings;
 use deskpod_controller::metrics::Metrics;
-use deskpod_controller::team::render::TeamSettings;
-use deskpod_controller::workspace::render::{ForwardAuth, RouteMode, RouteSettings, pod_name};
+use deskpod_controller::run;
+use deskpod_controller::workspace::render::pod_name;
 use deskpod_portal::backend::kubernetes::{KubernetesBackend, KubernetesOptions};
 use deskpod_portal::backend::{Backend, NewWorkspace, Phase};
 use deskpod_portal::store::GlobalRole;
@@ -124,44 +123,14 @@ async fn a_placed_teams_workspace_is_created_reached_and_deleted_on_its_member_c
     controllers.abort();
 }
 
-/// The controllers as `deskpod-controller run` runs them: Teams and Workspaces on the management
-/// cluster, the Cluster controller, and each member's Workspace controller once it connects.
+/// The controllers as `deskpod-controller run` runs them, probing the member every second.
 fn spawn_controllers(client: Client, secret_namespace: String) -> tokio::task::JoinHandle<()> {
-    let metrics = Metrics::register(&mut prometheus_client::registry::Registry::default());
-    let members = Members::default();
-    let route = RouteSettings {
-        base_domain: "desk.test".into(),
-        mode: RouteMode::Host,
-        ingress_class: None,
-        tls_secret: None,
-        auth: ForwardAuth::None,
-        gateway: None,
-    };
-    let start_member: MemberControllers = {
-        let (management, route, metrics) = (client.clone(), route.clone(), metrics.clone());
-        Arc::new(move |_name: String, member: Client| {
-            let (management, route, metrics) = (management.clone(), route.clone(), metrics.clone());
-            Box::pin(async move {
-                deskpod_controller::workspace::reconcile::run_with_teams_from(member, management, route, metrics).await;
-            })
-        })
-    };
-    let settings = ClusterSettings {
+    let mut settings = run::Settings::new("desk.test");
+    settings.clusters = ClusterSettings {
         secret_namespace,
         probe_interval: Duration::from_secs(1),
         probe_timeout: Duration::from_secs(2),
     };
-    let teams = TeamSettings { trusted_namespaces: vec!["deskpod-system".into()] };
-    tokio::spawn(async move {
-        tokio::join!(
-            deskpod_controller::team::reconcile::run_with_members(
-                client.clone(),
-                teams,
-                members.clone(),
-                metrics.clone()
-            ),
-            deskpod_controller::workspace::reconcile::run(client.clone(), route, metrics.clone()),
-            cluster::reconcile::run(client, settings, members, start_member, metrics)
-        );
-    })
+    let metrics = Metrics::register(&mut prometheus_client::registry::Registry::default());
+    tokio::spawn(run::controllers(client, settings, metrics))
 }

@@ -669,6 +669,21 @@ pub struct RouteSettings {
     pub gateway: Option<ParentReference>,
 }
 
+impl RouteSettings {
+    /// A host per workspace under `base_domain`, through the cluster's default IngressClass,
+    /// without TLS or forward authentication.
+    pub fn host(base_domain: &str) -> Self {
+        RouteSettings {
+            base_domain: base_domain.into(),
+            mode: RouteMode::Host,
+            ingress_class: None,
+            tls_secret: None,
+            auth: ForwardAuth::None,
+            gateway: None,
+        }
+    }
+}
+
 /// How a workspace's address is formed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RouteMode {

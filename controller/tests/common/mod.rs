@@ -8,10 +8,7 @@ use deskpod_controller::api::{Team, WorkspaceTemplate};
 use deskpod_controller::metrics::Metrics;
 use deskpod_controller::team::reconcile;
 use deskpod_controller::team::render::TeamSettings;
-use deskpod_controller::workspace::{
-    self,
-    render::{ForwardAuth, RouteMode, RouteSettings},
-};
+use deskpod_controller::workspace::{self, render::RouteSettings};
 use deskpod_testsupport::{
     RequestLog, TestCluster, TestNamespace, client_from_kubeconfig, recording_client, repo_root, wait_for,
 };
@@ -30,14 +27,7 @@ pub static ONE_CONTROLLER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_ne
 
 /// Where test workspaces are routed: host mode under a test domain.
 pub fn route_settings() -> RouteSettings {
-    RouteSettings {
-        base_domain: "desk.test".into(),
-        mode: RouteMode::Host,
-        ingress_class: None,
-        tls_secret: None,
-        auth: ForwardAuth::None,
-        gateway: None,
-    }
+    RouteSettings::host("desk.test")
 }
 
 /// Binds the chart's ClusterRole to a fresh client-certificate user and starts the Team and

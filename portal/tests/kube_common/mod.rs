@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use deskpod_controller::api::{Team, Workspace, WorkspacePhase, WorkspaceTemplate};
 use deskpod_controller::metrics::Metrics;
-use deskpod_controller::team::render::TeamSettings;
-use deskpod_controller::workspace::render::{ForwardAuth, RouteMode, RouteSettings};
+use deskpod_controller::run::Settings;
 use deskpod_portal::backend::kubernetes::{KubernetesBackend, KubernetesOptions};
 use deskpod_portal::store::GlobalRole;
 use deskpod_testsupport::{TestCluster, TestNamespace, wait_for};
@@ -34,27 +33,10 @@ impl Drop for Controllers {
     }
 }
 
-/// Starts the real Team, Workspace and CiAgent controllers (as cluster admin).
+/// Starts the real controllers (as cluster admin), as `deskpod-controller run` runs them.
 pub fn start_controllers(client: Client) -> Controllers {
-    let route = RouteSettings {
-        base_domain: "desk.test".into(),
-        mode: RouteMode::Host,
-        ingress_class: None,
-        tls_secret: None,
-        auth: ForwardAuth::None,
-        gateway: None,
-    };
-    let settings = TeamSettings { trusted_namespaces: vec!["deskpod-system".into()] };
-    let mut registry = prometheus_client::registry::Registry::default();
-    let metrics = Metrics::register(&mut registry);
-    Controllers(tokio::spawn(async move {
-        let agents = deskpod_controller::agent::reconcile::AgentSettings::default();
-        tokio::join!(
-            deskpod_controller::team::reconcile::run(client.clone(), settings, metrics.clone()),
-            deskpod_controller::workspace::reconcile::run(client.clone(), route, metrics.clone()),
-            deskpod_controller::agent::reconcile::run(client, agents, metrics)
-        );
-    }))
+    let metrics = Metrics::register(&mut prometheus_client::registry::Registry::default());
+    Controllers(tokio::spawn(deskpod_controller::run::controllers(client, Settings::new("desk.test"), metrics)))
 }
 
 /// Everything one test works with: its namespace (whose name prefixes every object), the Team
