@@ -464,8 +464,10 @@ impl MemberClients {
             .and_then(|mut data| data.remove(&reference.key))
             .and_then(|bytes| String::from_utf8(bytes.0).ok())
             .ok_or_else(|| unusable(format!("the Secret has no key {:?}", reference.key)))?;
-        let client =
-            deskpod_controller::cluster::connect::client_from_kubeconfig(&kubeconfig).await.map_err(unusable)?;
+        // The parser's words may quote the kubeconfig (credentials): neither shown nor logged.
+        let client = deskpod_controller::cluster::connect::client_from_kubeconfig(&kubeconfig)
+            .await
+            .map_err(|_| unusable("its kubeconfig does not work; the Cluster's status says why".into()))?;
         self.clients.lock().expect("member clients").insert(cluster.to_owned(), (version, client.clone()));
         Ok(client)
     }
