@@ -27,16 +27,7 @@ async fn agent_run_on_the_cluster_exits_with_the_jobs_code_and_removes_the_agent
     let f = Fixture::new("portal-agents", 2, false).await;
     let (url, token, server) = serve_with_agent_token(&f).await;
 
-    let cli = tokio::process::Command::new(env!("CARGO_BIN_EXE_deskpod"))
-        .args(["agent", "run", "--team", &f.team, "--image", "deskpod/ci-agent:latest", "--name", "build"])
-        .args(["--", "sh", "-c", "exit 3"])
-        .env("DESKPOD_URL", &url)
-        .env("DESKPOD_TOKEN", &token)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let cli = agent_run(&url, &token, &["--team", &f.team, "--image", "deskpod/ci-agent:latest"], "exit 3");
 
     // The controller gives the agent its pod; the job exits 3 there.
     let agents: Api<CiAgent> = Api::namespaced(f.client(), &format!("team-{}", f.team));
@@ -85,16 +76,7 @@ async fn agent_run_on_the_real_node_streams_the_jobs_real_output_and_exit_code()
 
     // Three lines two seconds apart: the first is printed while the job still runs.
     let script = "for i in 1 2 3; do echo \"step $i as $(id -u) on $(hostname)\"; sleep 2; done; exit 3";
-    let mut cli = tokio::process::Command::new(env!("CARGO_BIN_EXE_deskpod"))
-        .args(["agent", "run", "--team", &f.team, "--template", &f.template, "--name", "build"])
-        .args(["--", "sh", "-c", script])
-        .env("DESKPOD_URL", &url)
-        .env("DESKPOD_TOKEN", &token)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut cli = agent_run(&url, &token, &["--team", &f.team, "--template", &f.template], script);
     let mut stdout = tokio::io::BufReader::new(cli.stdout.take().unwrap());
     let mut first = String::new();
     tokio::time::timeout(Duration::from_secs(120), tokio::io::AsyncBufReadExt::read_line(&mut stdout, &mut first))
@@ -136,4 +118,20 @@ async fn serve_with_agent_token(f: &Fixture) -> (String, String, tokio::task::Jo
     let created = alice.api(&f.portal, Method::POST, "/api/v1/tokens", Some(&csrf), Some(&body)).await;
     let token = created.json()["secret"].as_str().expect("the secret, shown once").to_string();
     (url, token, server)
+}
+
+/// `deskpod agent run <what> --name build -- sh -c <script>` against the portal at `url`, its
+/// output piped.
+fn agent_run(url: &str, token: &str, what: &[&str], script: &str) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_deskpod"))
+        .args(["agent", "run"])
+        .args(what)
+        .args(["--name", "build", "--", "sh", "-c", script])
+        .env("DESKPOD_URL", url)
+        .env("DESKPOD_TOKEN", token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
 }

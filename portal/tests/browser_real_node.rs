@@ -34,7 +34,7 @@ use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::api::{Api, AttachParams};
 use kube_common::{Fixture, ONE_CONTROLLER, WAIT};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 const BROWSER_WITHIN: Duration = Duration::from_secs(240);
 const WORKSPACE: &str = "dev";
@@ -71,20 +71,7 @@ async fn a_desktop_on_the_real_node_opens_in_the_browser_keeps_its_home_and_is_h
     );
     let screenshot = browser.screenshot.clone();
     let started = Instant::now();
-    let mut node = browser.env("EXPECT_PANEL", "1").spawn();
-    // The desktop is the controller's pod: there is no endpoint to register by hand.
-    let mut to_browser = node.stdin.take().unwrap();
-    to_browser.write_all(b"endpoint-registered\n").await.unwrap();
-    drop(to_browser);
-    let output = tokio::time::timeout(BROWSER_WITHIN, node.wait_with_output())
-        .await
-        .expect("the browser test took too long")
-        .unwrap();
-    let result = desktop_common::browser_result(&output);
-    assert_eq!(result["phases"].as_array().and_then(|p| p.last()), Some(&json!("Running")), "{result}");
-    assert!(result["problems"].as_array().unwrap().is_empty(), "browser errors: {result}");
-    assert!(result["distinctColours"].as_u64().unwrap() >= 16, "the canvas is not a desktop: {result}");
-    assert!(result["panelRows"].as_u64().unwrap() >= 16, "no panel across the top of the desktop: {result}");
+    let (output, _) = browser.show_xfce_desktop(BROWSER_WITHIN).await;
     let shown_after = started.elapsed();
 
     // What was drawn came from the controller's pod on the real node, where XFCE's panel runs.

@@ -22,8 +22,6 @@ use deskpod_portal::backend::docker::{DockerBackend, desktop_template};
 use deskpod_portal::store::{GlobalRole, SqliteStore};
 use desktop_common::BrowserScript;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use serde_json::json;
-use tokio::io::AsyncWriteExt;
 
 const BROWSER_WITHIN: Duration = Duration::from_secs(180);
 const EMAIL: &str = "ada@example.com";
@@ -41,23 +39,7 @@ async fn a_user_creates_a_python_desktop_and_sees_the_xfce_panel_in_the_browser(
         BrowserScript::workspace(&url, EMAIL, common::PASSWORD, (&team, "python", WORKSPACE), "browser-single-host");
     let screenshot = browser.screenshot.clone();
     let started = Instant::now();
-    let mut node = browser.env("EXPECT_PANEL", "1").spawn();
-    // The desktop is the workspace's own container: there is no endpoint to register by hand.
-    let mut to_browser = node.stdin.take().unwrap();
-    to_browser.write_all(b"endpoint-registered\n").await.unwrap();
-    drop(to_browser);
-    let output = tokio::time::timeout(BROWSER_WITHIN, node.wait_with_output())
-        .await
-        .expect("the browser test took too long")
-        .unwrap();
-    let result = desktop_common::browser_result(&output);
-    assert_eq!(result["phases"].as_array().and_then(|p| p.last()), Some(&json!("Running")), "{result}");
-    assert!(result["problems"].as_array().unwrap().is_empty(), "browser errors: {result}");
-    assert!(screenshot.exists(), "no screenshot at {}", screenshot.display());
-    // XFCE draws wallpaper, icons, panel text: far more than the one or two colours of an
-    // empty X screen or an error page.
-    assert!(result["distinctColours"].as_u64().unwrap() >= 16, "the canvas is not a desktop: {result}");
-    assert!(result["panelRows"].as_u64().unwrap() >= 16, "no panel across the top of the desktop: {result}");
+    let (output, _) = browser.show_xfce_desktop(BROWSER_WITHIN).await;
     let panel = Command::new("docker")
         .args(["exec", &served.backend.names().container(&team, WORKSPACE), "pgrep", "-u", "1000", "-x", "xfce4-panel"])
         .output()

@@ -488,4 +488,28 @@ impl BrowserScript {
     pub fn spawn(&mut self) -> tokio::process::Child {
         self.command.spawn().expect("starting node")
     }
+
+    /// Runs `workspace.mjs` against a portal whose desktops are real containers (no endpoint to
+    /// register by hand) until the XFCE panel is drawn, and checks what the user sees: the
+    /// workspace Running, no browser errors, the screenshot saved, and a desktop, not an empty X
+    /// screen or an error page (XFCE draws wallpaper, icons and panel text: many colours, and the
+    /// panel's band across the top). Returns the script's output and result.
+    pub async fn show_xfce_desktop(&mut self, within: Duration) -> (std::process::Output, serde_json::Value) {
+        use tokio::io::AsyncWriteExt;
+        let mut node = self.env("EXPECT_PANEL", "1").spawn();
+        let mut to_browser = node.stdin.take().unwrap();
+        to_browser.write_all(b"endpoint-registered\n").await.unwrap();
+        drop(to_browser);
+        let output = tokio::time::timeout(within, node.wait_with_output())
+            .await
+            .expect("the browser test took too long")
+            .unwrap();
+        let result = browser_result(&output);
+        assert_eq!(result["phases"].as_array().and_then(|p| p.last()), Some(&serde_json::json!("Running")), "{result}");
+        assert!(result["problems"].as_array().unwrap().is_empty(), "browser errors: {result}");
+        assert!(self.screenshot.exists(), "no screenshot at {}", self.screenshot.display());
+        assert!(result["distinctColours"].as_u64().unwrap() >= 16, "the canvas is not a desktop: {result}");
+        assert!(result["panelRows"].as_u64().unwrap() >= 16, "no panel across the top of the desktop: {result}");
+        (output, result)
+    }
 }
