@@ -95,6 +95,31 @@ fn default_port() -> i32 {
     6901
 }
 
+impl WorkspaceTemplateSpec {
+    /// A template of `image` with every other field at its default, as the API server defaults
+    /// a manifest that sets only `displayName` and `image`.
+    pub fn new(display_name: &str, image: &str) -> Self {
+        WorkspaceTemplateSpec {
+            display_name: display_name.to_owned(),
+            description: None,
+            image: image.to_owned(),
+            image_pull_policy: None,
+            protocol: DesktopProtocol::default(),
+            port: default_port(),
+            home_path: None,
+            resources: TemplateResources::default(),
+            home_size: None,
+            shm_size: None,
+            home_storage_class_name: None,
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
+            gpus: 0,
+            env: Vec::new(),
+            idle_timeout: None,
+        }
+    }
+}
+
 /// How the browser talks to the desktop.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -205,5 +230,18 @@ impl TaintEffect {
             TaintEffect::PreferNoSchedule => "PreferNoSchedule",
             TaintEffect::NoExecute => "NoExecute",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_spec_is_what_a_minimal_manifest_reads_as() {
+        let read: WorkspaceTemplateSpec =
+            serde_json::from_value(serde_json::json!({ "displayName": "Python", "image": "deskpod/python:latest" }))
+                .unwrap();
+        assert_eq!(WorkspaceTemplateSpec::new("Python", "deskpod/python:latest"), read);
     }
 }

@@ -185,24 +185,8 @@ impl TemplateForm {
                 .parse()
                 .map_err(|_| Error::invalid("port", format!("the port must be a number such as 6901, not {raw:?}")))?,
         };
-        let mut spec = base.unwrap_or_else(|| WorkspaceTemplateSpec {
-            display_name: String::new(),
-            description: None,
-            image: String::new(),
-            image_pull_policy: None,
-            protocol,
-            port,
-            home_path: None,
-            resources: Default::default(),
-            home_size: None,
-            shm_size: None,
-            gpus: 0,
-            env: vec![],
-            idle_timeout: None,
-            home_storage_class_name: None,
-            node_selector: Default::default(),
-            tolerations: vec![],
-        });
+        let mut spec =
+            base.unwrap_or_else(|| WorkspaceTemplateSpec { protocol, port, ..WorkspaceTemplateSpec::new("", "") });
         spec.display_name = self.display_name.clone();
         spec.description = (!self.description.is_empty()).then(|| self.description.clone());
         spec.image = self.image.clone();

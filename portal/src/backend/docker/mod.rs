@@ -233,27 +233,15 @@ pub fn desktop_template(
     use deskpod_controller::api::TemplateResources;
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
     WorkspaceTemplateSpec {
-        display_name: display_name.to_owned(),
-        description: None,
-        image: image.to_owned(),
-        image_pull_policy: None,
-        protocol: DesktopProtocol::Novnc,
         port: i32::from(deskpod_images::catalogue::desktop::VNC_PORT),
-        home_path: None,
         resources: TemplateResources {
             cpu_request: None,
             cpu_limit: Some(Quantity(cpu_limit.into())),
             memory_request: None,
             memory_limit: Some(Quantity(memory_limit.into())),
         },
-        home_size: None,
         shm_size: Some(Quantity(shm.into())),
-        gpus: 0,
-        env: vec![],
-        idle_timeout: None,
-        home_storage_class_name: None,
-        node_selector: Default::default(),
-        tolerations: vec![],
+        ..WorkspaceTemplateSpec::new(display_name, image)
     }
 }
 
