@@ -287,3 +287,35 @@ async fn claims_bind_and_mount_on_the_real_node() {
     assert_eq!(pod.status.and_then(|s| s.phase).as_deref(), Some("Succeeded"), "logs: {logs}");
     assert_eq!(logs, "kept\nstd-mounted\n");
 }
+
+#[tokio::test]
+async fn pods_reach_the_api_server_as_their_service_account_at_the_kubernetes_service() {
+    if !enabled() {
+        return;
+    }
+    let ns = restricted_namespace("real-api").await;
+    let pods: Api<Pod> = ns.api();
+    // As in-cluster clients do: the address and port kubelet gives, the token and CA it mounts;
+    // the answer says who the API server took the caller for.
+    let script = r#"sa=/var/run/secrets/kubernetes.io/serviceaccount
+curl -sS --fail-with-body --max-time 20 --cacert "$sa/ca.crt" -H "Authorization: Bearer $(cat "$sa/token")" \
+  -H 'Content-Type: application/json' -X POST \
+  -d '{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}' \
+  "https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/apis/authentication.k8s.io/v1/selfsubjectreviews""#;
+    let pod = real_node_pod(
+        "whoami",
+        "deskpod/ci-agent:latest",
+        Some(&["sh", "-c", script]),
+        json!({"spec": {"restartPolicy": "Never"}}),
+    );
+    pods.create(&PostParams::default(), &pod).await.expect("create pod");
+    let pod = wait_for(&pods, "whoami", "pod finished", START, finished).await.expect("pod finished");
+    let logs = pods.logs("whoami", &LogParams::default()).await.expect("pod logs");
+    assert_eq!(pod.status.and_then(|s| s.phase).as_deref(), Some("Succeeded"), "curl said: {logs}");
+    let review: Value = serde_json::from_str(&logs).unwrap_or_else(|e| panic!("{e}: {logs}"));
+    assert_eq!(
+        review["status"]["userInfo"]["username"],
+        format!("system:serviceaccount:{}:default", ns.name),
+        "{review}"
+    );
+}

@@ -73,6 +73,9 @@ type NodeState struct {
 	ContainerdSocket string `json:"containerdSocket"`
 	Snapshotter      string `json:"snapshotter"`
 	PodLogsDir       string `json:"podLogsDir"`
+	// APIRelay is where the kubernetes Service's address leads from this node's pods (see
+	// apiroute.go).
+	APIRelay string `json:"apiRelay,omitempty"`
 }
 
 func readNodeState(dir string) (*NodeState, error) {
@@ -135,6 +138,17 @@ func (s *supervisor) startRealNode(ctx context.Context, nodeBin string) error {
 	data, _ := json.MarshalIndent(cni, "", "  ")
 	if err := os.WriteFile(filepath.Join(nd, "cni", "net.d", "10-deskpod.conflist"), data, 0o644); err != nil {
 		return err
+	}
+
+	// The API server at the kubernetes Service's address, for pods that use their ServiceAccount.
+	relay, err := startAPIRelay(ns.Gateway, fmt.Sprintf("127.0.0.1:%d", s.ports["apiserver"]))
+	if err != nil {
+		return err
+	}
+	s.relay = relay
+	ns.APIRelay = relay.Addr()
+	if err := addServiceRoute(ctx, ns, ns.APIRelay); err != nil {
+		return fmt.Errorf("routing the kubernetes Service to the API server: %w", err)
 	}
 
 	// containerd.
@@ -606,6 +620,9 @@ func (s *supervisor) stopRealNode() {
 		}
 	}
 	s.recordShims()
+	if s.relay != nil {
+		s.relay.Close()
+	}
 	if err := cleanupNodeHost(s.dir, s.node, s.pids.Processes, s.stderr); err != nil {
 		s.logf("error: cleaning up the real node: %v", err)
 	}
@@ -663,6 +680,11 @@ func cleanupNodeHost(dir string, ns *NodeState, recorded []proc.Record, log io.W
 			for _, f := range cached {
 				os.Remove(f)
 			}
+		}
+	}
+	if ns.Bridge != "" {
+		if err := removeServiceRoutes(context.Background(), ns.Bridge); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if err := withHostLock(func() error {

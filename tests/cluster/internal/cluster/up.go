@@ -89,6 +89,7 @@ type supervisor struct {
 	server    string
 	ports     map[string]int
 	node      *NodeState // the real node, once its network is claimed
+	relay     *apiRelay  // the real node's pods' way to the API server (apiroute.go)
 	// provisionCtx ends when teardown starts; it bounds the real node's volume provisioner.
 	provisionCtx  context.Context
 	stopProvision context.CancelFunc
