@@ -85,19 +85,55 @@ pub async fn try_acquire(api: &Api<Lease>, settings: &LeaseSettings) -> Result<b
     }
 }
 
+/// Gives the Lease up if we hold it: no holder and a one-second duration, so a standby replica
+/// takes over at its next attempt instead of waiting for the Lease to expire (client-go's
+/// `ReleaseOnCancel`). `Ok(false)`: someone else holds it (or took it meanwhile).
+pub async fn release(api: &Api<Lease>, settings: &LeaseSettings) -> Result<bool, kube::Error> {
+    let Some(current) = api.get_opt(&settings.name).await? else {
+        return Ok(false);
+    };
+    let Some(spec) = current.spec.clone() else { return Ok(false) };
+    if spec.holder_identity.as_deref() != Some(settings.identity.as_str()) {
+        return Ok(false);
+    }
+    let released = Lease {
+        metadata: ObjectMeta {
+            name: Some(settings.name.clone()),
+            namespace: Some(settings.namespace.clone()),
+            resource_version: current.metadata.resource_version.clone(),
+            ..Default::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: None,
+            lease_duration_seconds: Some(1),
+            renew_time: Some(MicroTime(Timestamp::now())),
+            ..spec
+        }),
+    };
+    match api.replace(&settings.name, &PostParams::default(), &released).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.is_conflict() => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Waits until this replica holds the Lease, then runs `work` while renewing it. Returns when
-/// `work` ends, or with an error when leadership is lost (renewal failed past the deadline).
-pub async fn run_as_leader<F>(api: Api<Lease>, settings: LeaseSettings, work: F) -> Result<(), LostLease>
+/// `work` ends, or when `shutdown` completes (then the Lease is released first, see [`release`]),
+/// or with an error when leadership is lost (renewal failed past the deadline).
+pub async fn run_as_leader<F, S>(
+    api: Api<Lease>,
+    settings: LeaseSettings,
+    work: F,
+    shutdown: S,
+) -> Result<(), LostLease>
 where
     F: std::future::Future<Output = ()>,
+    S: std::future::Future<Output = ()>,
 {
-    loop {
-        match try_acquire(&api, &settings).await {
-            Ok(true) => break,
-            Ok(false) => {}
-            Err(error) => tracing::warn!(%error, "leader election: cannot read or write the Lease"),
-        }
-        tokio::time::sleep(settings.renew_every).await;
+    tokio::pin!(shutdown);
+    tokio::select! {
+        () = wait_to_lead(&api, &settings) => {}
+        () = &mut shutdown => return Ok(()),
     }
     tracing::info!(identity = %settings.identity, lease = %settings.name, "leading");
     let renew = async {
@@ -117,6 +153,26 @@ where
     tokio::select! {
         () = work => Ok(()),
         lost = renew => Err(lost),
+        () = &mut shutdown => {
+            match release(&api, &settings).await {
+                Ok(true) => tracing::info!(identity = %settings.identity, "shutting down: Lease released"),
+                Ok(false) => tracing::info!("shutting down: the Lease was no longer ours"),
+                Err(error) => tracing::warn!(%error, "shutting down: could not release the Lease; it expires by itself"),
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Returns once this replica holds the Lease, retrying every `renew_every`.
+async fn wait_to_lead(api: &Api<Lease>, settings: &LeaseSettings) {
+    loop {
+        match try_acquire(&api, &settings).await {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(error) => tracing::warn!(%error, "leader election: cannot read or write the Lease"),
+        }
+        tokio::time::sleep(settings.renew_every).await;
     }
 }
 

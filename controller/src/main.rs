@@ -165,7 +165,12 @@ async fn run(
         }
     };
     match leader_elect {
-        None => controllers.await,
+        None => {
+            tokio::select! {
+                () = controllers => {}
+                () = terminated() => tracing::info!("shutting down"),
+            }
+        }
         Some((namespace, name)) => {
             let host = std::env::var("POD_NAME")
                 .or_else(|_| std::env::var("HOSTNAME"))
@@ -178,10 +183,28 @@ async fn run(
                 renew_every: std::time::Duration::from_secs(5),
             };
             tracing::info!(identity = %settings.identity, %namespace, %name, "waiting to lead");
-            leader::run_as_leader(kube::Api::namespaced(client, &namespace), settings, controllers).await?;
+            leader::run_as_leader(kube::Api::namespaced(client, &namespace), settings, controllers, terminated())
+                .await?;
         }
     }
     Ok(())
+}
+
+/// SIGTERM (a pod being stopped; as PID 1 in a container nothing else would stop us) or SIGINT.
+async fn terminated() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch for SIGTERM; only Ctrl-C stops the controller");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 fn print_crds(out_dir: Option<PathBuf>) -> anyhow::Result<()> {

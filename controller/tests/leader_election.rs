@@ -1,5 +1,5 @@
 //! Two controller replicas compete for one Lease on the real API server: one leads, and the other
-//! takes over only after the leader stops renewing.
+//! takes over only after the leader stops renewing, or at once when the leader shuts down.
 
 use std::time::Duration;
 
@@ -27,7 +27,7 @@ fn replica(api: Api<Lease>, settings: LeaseSettings) -> (tokio::task::JoinHandle
             let _ = leading.send(());
             std::future::pending::<()>().await
         };
-        let _ = run_as_leader(api, settings, work).await;
+        let _ = run_as_leader(api, settings, work, std::future::pending()).await;
     });
     (task, led)
 }
@@ -52,5 +52,43 @@ async fn only_one_replica_leads_and_the_other_takes_over_when_it_stops() {
     let spec = api.get("deskpod-controller").await.expect("lease").spec.unwrap();
     assert_eq!(spec.holder_identity.as_deref(), Some("replica-b"));
     assert_eq!(spec.lease_transitions, Some(1));
+    b.abort();
+}
+
+#[tokio::test]
+async fn a_leader_that_shuts_down_hands_the_lease_over_at_once() {
+    let ns = TestCluster::shared().namespace("lease-release").await.expect("test namespace");
+    let api: Api<Lease> = ns.api();
+    // Long leases: a takeover before 60 s can only come from the release.
+    let long = |identity: &str| LeaseSettings {
+        lease_duration: Duration::from_secs(60),
+        renew_every: Duration::from_millis(300),
+        ..settings(&ns.name, identity)
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let (leading, a_led) = oneshot::channel();
+    let a = tokio::spawn({
+        let (api, settings) = (api.clone(), long("replica-a"));
+        async move {
+            let work = async move {
+                let _ = leading.send(());
+                std::future::pending::<()>().await
+            };
+            run_as_leader(api, settings, work, async move {
+                let _ = stopped.await;
+            })
+            .await
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), a_led).await.expect("a leads").expect("a reports");
+    let (b, b_led) = replica(api.clone(), long("replica-b"));
+
+    stop.send(()).expect("a is running");
+    let ended = tokio::time::timeout(Duration::from_secs(10), a).await.expect("a returns on shutdown");
+    assert!(matches!(ended, Ok(Ok(()))), "{ended:?}");
+    tokio::time::timeout(Duration::from_secs(5), b_led).await.expect("b takes over at once").expect("b reports");
+    let spec = api.get("deskpod-controller").await.expect("lease").spec.unwrap();
+    assert_eq!(spec.holder_identity.as_deref(), Some("replica-b"));
+    assert_eq!(spec.lease_duration_seconds, Some(60), "b's own duration again");
     b.abort();
 }

@@ -222,5 +222,16 @@ async fn the_portal_started_with_defaults_serves_a_desktop_to_the_printed_admin_
     ] {
         assert!(text.lines().any(|line| line == series), "{series} in:\n{text}");
     }
+
+    // Stopped as a container or pod is (SIGTERM), with the desktop still open: the portal exits
+    // cleanly after its grace period rather than waiting for the session to end.
+    let pid = portal.child.id().expect("the portal runs").to_string();
+    let kill = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    assert!(kill.success());
+    let exited = tokio::time::timeout(Duration::from_secs(15), portal.child.wait())
+        .await
+        .expect("the portal exits within its grace period after SIGTERM")
+        .expect("wait");
+    assert!(exited.success(), "{exited:?}");
     drop(portal);
 }
