@@ -167,7 +167,7 @@ where
 /// Returns once this replica holds the Lease, retrying every `renew_every`.
 async fn wait_to_lead(api: &Api<Lease>, settings: &LeaseSettings) {
     loop {
-        match try_acquire(&api, &settings).await {
+        match try_acquire(api, settings).await {
             Ok(true) => break,
             Ok(false) => {}
             Err(error) => tracing::warn!(%error, "leader election: cannot read or write the Lease"),
