@@ -13,6 +13,8 @@
 //! `#[tokio::test]` has its own runtime).
 #![forbid(unsafe_code)]
 
+pub mod helm;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
@@ -97,7 +99,7 @@ impl TestCluster {
     pub fn shared() -> &'static TestCluster {
         SHARED.get_or_init(|| match std::env::var_os(CLUSTER_ENV) {
             Some(dir) => Self::join(Path::new(&dir)).unwrap_or_else(|e| panic!("{e}")),
-            None => Self::start().unwrap_or_else(|e| panic!("{e}")),
+            None => Self::start(&[]).unwrap_or_else(|e| panic!("{e}")),
         })
     }
 
@@ -115,7 +117,17 @@ impl TestCluster {
     /// a member cluster). It is torn down when the returned value is dropped (the harness sees
     /// its stdin close) or the test binary exits. Deskpod's CRDs are not installed on it.
     pub fn start_private() -> Result<TestCluster> {
-        Self::start()
+        Self::start(&[])
+    }
+
+    /// Like [`Self::start_private`], with a real node (`up --real-node`; needs root, see
+    /// tests/cluster/README.md) into which the local Docker `images` are imported.
+    pub fn start_private_with_real_node(images: &[&str]) -> Result<TestCluster> {
+        let mut args = vec!["--real-node"];
+        for image in images {
+            args.extend(["--import-image", image]);
+        }
+        Self::start(&args)
     }
 
     /// An admin client for this cluster, without installing anything (unlike [`Self::client`]).
@@ -152,12 +164,13 @@ impl TestCluster {
     }
 
     /// Starts a cluster for this test binary.
-    fn start() -> Result<TestCluster> {
+    fn start(args: &[&str]) -> Result<TestCluster> {
         let harness = harness_binary()?;
         let log_path = target_dir().join("testcluster").join(format!("up-{}.log", std::process::id()));
         let log = std::fs::File::create(&log_path).map_err(|source| Error::Io { path: log_path.clone(), source })?;
         let mut child = Command::new(&harness)
             .arg("up")
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(log)

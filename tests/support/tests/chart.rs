@@ -5,24 +5,22 @@
 //! ServiceAccount) to reconcile a Team and a Workspace, and lets the portal's ServiceAccount do
 //! its work and no more.
 //!
-//! The Deployments themselves are not run: the test cluster has no registry and its kwok nodes
-//! run no containers.
+//! Here the controllers run in-process as the chart's ServiceAccount on the shared cluster;
+//! tests/chart_install.rs installs the whole chart on a cluster of its own, where the
+//! Deployments run the controller and portal images on the real node.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use deskpod_controller::api::{Team, Workspace, WorkspacePhase, WorkspaceTemplate};
 use deskpod_controller::metrics::Metrics;
 use deskpod_controller::team::render::TeamSettings;
 use deskpod_controller::workspace::render::{ForwardAuth, RouteMode, RouteSettings};
-use deskpod_testsupport::{TestCluster, repo_root, wait_for};
+use deskpod_testsupport::{TestCluster, helm, repo_root, wait_for};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, Pod, PodSpec, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
 use kube::config::{AuthInfo, KubeConfigOptions, Kubeconfig};
 use kube::discovery::ApiResource;
 use kube::{Client, Config};
@@ -30,34 +28,14 @@ use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(90);
 
-/// The helm binary, built once per version and cached in ~/.cache/deskpod.
-fn helm() -> &'static PathBuf {
-    static HELM: OnceLock<PathBuf> = OnceLock::new();
-    HELM.get_or_init(|| {
-        let script = repo_root().join("tests/cluster/components/helm/build");
-        let output = Command::new(&script).output().expect("run tests/cluster/components/helm/build");
-        assert!(output.status.success(), "building helm failed:\n{}", String::from_utf8_lossy(&output.stderr));
-        PathBuf::from(String::from_utf8(output.stdout).expect("a UTF-8 path").trim())
-    })
-}
-
-fn run_helm(args: &[&str]) -> Output {
-    Command::new(helm()).args(args).current_dir(repo_root()).output().expect("run helm")
+fn run_helm(args: &[&str]) -> std::process::Output {
+    helm::run(args)
 }
 
 /// `helm template` of the chart into `namespace` with `--set` values; the rendered documents.
 fn render(namespace: &str, set: &[&str]) -> Vec<Value> {
-    let mut args = vec!["template", "deskpod", "charts/deskpod", "--namespace", namespace];
-    for value in set {
-        args.extend(["--set", value]);
-    }
-    let output = run_helm(&args);
-    assert!(output.status.success(), "helm template failed:\n{}", String::from_utf8_lossy(&output.stderr));
-    let text = String::from_utf8(output.stdout).expect("UTF-8 output");
-    serde_yaml_ng::Deserializer::from_str(&text)
-        .map(|doc| serde::Deserialize::deserialize(doc).expect("rendered YAML parses"))
-        .filter(|doc: &Value| !doc.is_null())
-        .collect()
+    let args: Vec<&str> = set.iter().flat_map(|value| ["--set", value]).collect();
+    helm::template(namespace, &args)
 }
 
 fn of_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
@@ -279,26 +257,8 @@ async fn service_account_client(admin: &Client, namespace: &str, name: &str) -> 
 
 /// Applies the rendered objects of `kinds` (server-side, as the admin).
 async fn apply_rendered(admin: &Client, docs: &[Value], kinds: &[&str]) {
-    let params = PatchParams::apply("deskpod-chart-test").force();
     for doc in docs.iter().filter(|d| kinds.iter().any(|k| d["kind"] == *k)) {
-        let object: DynamicObject = serde_json::from_value(doc.clone()).expect("a Kubernetes object");
-        let types = object.types.clone().expect("apiVersion and kind");
-        let (group, version) = types.api_version.rsplit_once('/').unwrap_or(("", &types.api_version));
-        let resource = ApiResource {
-            group: group.into(),
-            version: version.into(),
-            api_version: types.api_version.clone(),
-            kind: types.kind.clone(),
-            plural: format!("{}s", types.kind.to_lowercase()),
-        };
-        let name = object.metadata.name.clone().expect("a name");
-        let api: Api<DynamicObject> = match &object.metadata.namespace {
-            Some(namespace) => Api::namespaced_with(admin.clone(), namespace, &resource),
-            None => Api::all_with(admin.clone(), &resource),
-        };
-        api.patch(&name, &params, &Patch::Apply(&object))
-            .await
-            .unwrap_or_else(|e| panic!("apply {} {name}: {e}", types.kind));
+        helm::apply(admin, doc).await;
     }
 }
 
