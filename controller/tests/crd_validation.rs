@@ -280,3 +280,47 @@ async fn owner_and_template_of_a_workspace_cannot_change() {
     let ws = api.replace("mine", &PostParams::default(), &ws).await.expect("running may change");
     assert_eq!(ws.data["spec"]["owner"], json!("alice"));
 }
+
+#[tokio::test]
+async fn a_teams_placement_is_fixed_once_it_exists() {
+    let ns = setup().await;
+    let api = dynamic_api::<Team>(&ns.client, None);
+    let here = format!("{}-here", ns.name);
+    let there = format!("{}-there", ns.name);
+    api.create(&PostParams::default(), &object::<Team>(&here, json!({ "quota": { "pods": 2 } })))
+        .await
+        .expect("a team on the management cluster");
+    api.create(
+        &PostParams::default(),
+        &object::<Team>(&there, json!({ "quota": { "pods": 2 }, "placement": { "cluster": "east" } })),
+    )
+    .await
+    .expect("a team placed on a member cluster");
+
+    for (team, placement) in
+        [(&here, Some(json!({ "cluster": "east" }))), (&there, Some(json!({ "cluster": "west" }))), (&there, None)]
+    {
+        let mut object = api.get(team).await.expect("get team");
+        match &placement {
+            Some(p) => object.data["spec"]["placement"] = p.clone(),
+            None => _ = object.data["spec"].as_object_mut().unwrap().remove("placement"),
+        }
+        let err = api.replace(team, &PostParams::default(), &object).await.expect_err("moving is refused");
+        match err {
+            kube::Error::Api(status) => {
+                assert_eq!(status.code, 422, "{team} → {placement:?}: {}", status.message);
+                assert!(status.message.contains("placement cannot be changed"), "{}", status.message);
+            }
+            other => panic!("{team} → {placement:?}: unexpected error {other}"),
+        }
+    }
+    // Everything else about a placed team may change.
+    let mut object = api.get(&there).await.expect("get team");
+    object.data["spec"]["quota"]["pods"] = json!(3);
+    object.data["spec"]["members"] = json!([{ "user": "alice@example.com", "role": "lead" }]);
+    let changed = api.replace(&there, &PostParams::default(), &object).await.expect("other changes are allowed");
+    assert_eq!(changed.data["spec"]["placement"]["cluster"], json!("east"));
+    for team in [&here, &there] {
+        api.delete(team, &Default::default()).await.expect("delete team");
+    }
+}

@@ -30,6 +30,7 @@ use super::schema;
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.placement) == has(oldSelf.placement) && (!has(self.placement) || self.placement.cluster == oldSelf.placement.cluster)").message("placement cannot be changed: the team's namespace and home volumes stay on the cluster they are on; to move a team, delete it and create it again"))]
 pub struct TeamSpec {
     /// Human-readable name shown in the portal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -58,6 +59,7 @@ pub struct TeamSpec {
     pub allow_lead_access: bool,
 
     /// Which cluster the team's namespace lives on. Unset: the cluster the controller runs in.
+    /// Fixed once the team exists (its home volumes cannot follow it to another cluster).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<TeamPlacement>,
 }
