@@ -168,7 +168,7 @@ async fn run(
         None => {
             tokio::select! {
                 () = controllers => {}
-                () = terminated() => tracing::info!("shutting down"),
+                () = run::terminated() => tracing::info!("shutting down"),
             }
         }
         Some((namespace, name)) => {
@@ -183,28 +183,11 @@ async fn run(
                 renew_every: std::time::Duration::from_secs(5),
             };
             tracing::info!(identity = %settings.identity, %namespace, %name, "waiting to lead");
-            leader::run_as_leader(kube::Api::namespaced(client, &namespace), settings, controllers, terminated())
+            leader::run_as_leader(kube::Api::namespaced(client, &namespace), settings, controllers, run::terminated())
                 .await?;
         }
     }
     Ok(())
-}
-
-/// SIGTERM (a pod being stopped; as PID 1 in a container nothing else would stop us) or SIGINT.
-async fn terminated() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(error) => {
-            tracing::warn!(%error, "cannot watch for SIGTERM; only Ctrl-C stops the controller");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 fn print_crds(out_dir: Option<PathBuf>) -> anyhow::Result<()> {

@@ -65,3 +65,22 @@ pub async fn controllers(client: Client, settings: Settings, metrics: Metrics) {
         cluster::reconcile::run(client, clusters, members, start_member, metrics)
     );
 }
+
+/// Returns on SIGTERM (a pod or container being stopped) or SIGINT (Ctrl-C). Deskpod's binaries
+/// handle it themselves: as PID 1 in a container, a signal without a handler is ignored and the
+/// process would be killed only after the grace period.
+pub async fn terminated() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch for SIGTERM; only Ctrl-C stops this process");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -210,14 +210,14 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(address = %cli.listen, "portal listening");
     let app = deskpod_portal::app(state).layer(axum::Extension(NovncDir(cli.novnc_dir)));
     let serve = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(deskpod_controller::run::terminated())
         .into_future();
     // Open desktops and event streams never end by themselves: after the signal, requests in
     // flight get a few seconds, then the portal exits anyway (browsers reconnect to the next one).
     tokio::select! {
         served = serve => served?,
         () = async {
-            shutdown_signal().await;
+            deskpod_controller::run::terminated().await;
             tokio::time::sleep(SHUTDOWN_GRACE).await;
         } => tracing::info!(grace = ?SHUTDOWN_GRACE, "connections still open after the grace period; exiting"),
     }
@@ -226,22 +226,6 @@ async fn main() -> anyhow::Result<()> {
 
 /// How long a stopping portal lets open connections finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// SIGTERM (a pod or container being stopped; as PID 1 nothing else would stop us) or Ctrl-C.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {
