@@ -118,8 +118,8 @@ pub async fn release(api: &Api<Lease>, settings: &LeaseSettings) -> Result<bool,
 }
 
 /// Waits until this replica holds the Lease, then runs `work` while renewing it. Returns when
-/// `work` ends, or when `shutdown` completes (then the Lease is released first, see [`release`]),
-/// or with an error when leadership is lost (renewal failed past the deadline).
+/// `work` ends or `shutdown` completes, having released the Lease (see [`release`]), or with an
+/// error when leadership is lost (renewal failed past the deadline).
 pub async fn run_as_leader<F, S>(
     api: Api<Lease>,
     settings: LeaseSettings,
@@ -150,18 +150,19 @@ where
             }
         }
     };
+    // The controllers also stop on the signal by themselves (kube-runtime's shutdown_on_signal),
+    // so `work` may end first: either way we are leaving, and give the Lease up.
     tokio::select! {
-        () = work => Ok(()),
-        lost = renew => Err(lost),
-        () = &mut shutdown => {
-            match release(&api, &settings).await {
-                Ok(true) => tracing::info!(identity = %settings.identity, "shutting down: Lease released"),
-                Ok(false) => tracing::info!("shutting down: the Lease was no longer ours"),
-                Err(error) => tracing::warn!(%error, "shutting down: could not release the Lease; it expires by itself"),
-            }
-            Ok(())
-        }
+        () = work => {}
+        lost = renew => return Err(lost),
+        () = &mut shutdown => {}
     }
+    match release(&api, &settings).await {
+        Ok(true) => tracing::info!(identity = %settings.identity, "stopping: Lease released"),
+        Ok(false) => tracing::info!("stopping: the Lease was no longer ours"),
+        Err(error) => tracing::warn!(%error, "stopping: could not release the Lease; it expires by itself"),
+    }
+    Ok(())
 }
 
 /// Returns once this replica holds the Lease, retrying every `renew_every`.

@@ -143,6 +143,8 @@ async fn run(
 ) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        // Colour codes only on a terminal, not in `kubectl logs` or a log collector.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
 

@@ -123,7 +123,11 @@ fn secret_from_env(name: &str) -> anyhow::Result<Option<String>> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        // Colour codes only on a terminal, not in `kubectl logs`, `docker logs` or a log collector.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .init();
     let cli = Cli::parse();
     let public_url = PublicUrl::parse(&cli.public_url)?;
     if !public_url.secure_cookies() {

@@ -101,13 +101,13 @@ fn chart_lints_and_renders_restricted_pods_with_default_values() {
         &[
             "serviceMonitor.enabled=true",
             "portal.ingress.enabled=true",
-            "portal.adminPassword=s3cret",
+            "portal.adminPassword=s3cret-enough",
             "portal.persistence.enabled=false",
         ],
     );
     assert_eq!(named(&docs, "ServiceMonitor", "deskpod-controller")["apiVersion"], "monitoring.coreos.com/v1");
     assert_eq!(named(&docs, "Ingress", "deskpod-portal")["spec"]["rules"][0]["host"], "deskpod.localhost");
-    assert_eq!(named(&docs, "Secret", "deskpod-portal")["stringData"]["DESKPOD_ADMIN_PASSWORD"], "s3cret");
+    assert_eq!(named(&docs, "Secret", "deskpod-portal")["stringData"]["DESKPOD_ADMIN_PASSWORD"], "s3cret-enough");
     let portal = &named(&docs, "Deployment", "deskpod-portal")["spec"]["template"]["spec"];
     assert_eq!(portal["volumes"][0]["emptyDir"], json!({}));
     let env = portal["containers"][0]["env"].as_array().expect("env");
@@ -224,6 +224,9 @@ fn schema_refuses_bad_values_by_name() {
         ("controller.replica=3", "'replica' not allowed"),
         ("portal.metrics.port=0", "/portal/metrics/port"),
         ("grafanaDashboard.enabled=maybe", "/grafanaDashboard/enabled"),
+        // The portal would refuse to start with these (CrashLoopBackOff); helm refuses first.
+        ("portal.adminPassword=short", "/portal/adminPassword': minLength: got 5, want 12"),
+        ("portal.jwtKey=tooshort", "/portal/jwtKey': minLength: got 8, want 32"),
     ] {
         let output = run_helm(&["template", "deskpod", "charts/deskpod", "--set", set]);
         let stderr = String::from_utf8_lossy(&output.stderr);

@@ -24,7 +24,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
 use kube::runtime::wait::conditions;
 use serde_json::{Value, json};
 
@@ -111,7 +111,7 @@ async fn the_installed_chart_runs_a_controller_and_a_portal_that_reconcile_and_f
     .unwrap();
     Api::<Namespace>::all(admin.clone()).create(&PostParams::default(), &namespace).await.expect("release namespace");
 
-    let password = format!("chart-{}", std::process::id());
+    let password = format!("chart-install-{}", std::process::id());
     let values_file = std::env::temp_dir().join(format!("deskpod-chart-values-{}.yaml", std::process::id()));
     std::fs::write(&values_file, serde_yaml_ng::to_string(&values(&password)).unwrap()).expect("values file");
     let docs = helm::template(RELEASE, &["--include-crds", "-f", values_file.to_str().unwrap()]);
@@ -138,14 +138,12 @@ async fn the_installed_chart_runs_a_controller_and_a_portal_that_reconcile_and_f
     let deployments: Api<Deployment> = Api::namespaced(admin.clone(), RELEASE);
     let pods: Api<Pod> = Api::namespaced(admin.clone(), RELEASE);
     let started = Instant::now();
-    let waited =
-        wait_for(&deployments, "deskpod-controller", "2 controller replicas available", START, available(2)).await;
-    if let Err(e) = waited {
-        panic!("{e}\n{}", describe_pods(&pods).await);
+    for (name, replicas) in [("deskpod-controller", 2), ("deskpod-portal", 1)] {
+        let waited = wait_for(&deployments, name, "replicas available", START, available(replicas)).await;
+        if let Err(e) = waited {
+            panic!("{e}\n{}", describe_pods(&pods).await);
+        }
     }
-    wait_for(&deployments, "deskpod-portal", "the portal available", START, available(1))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
     eprintln!("chart's pods available {:.1} s after apply", started.elapsed().as_secs_f64());
     for pod in pods.list(&ListParams::default()).await.expect("list pods").items {
         let spec = pod.spec.as_ref().unwrap();
@@ -232,24 +230,25 @@ async fn the_installed_chart_runs_a_controller_and_a_portal_that_reconcile_and_f
     wait_for(&deployments, "deskpod-controller", "2 replicas again", START, available(2)).await.expect("replaced");
 }
 
-/// Every pod of the release with its phase and container states, for a failure message.
+/// Every pod of the release with its phase, container states and last log lines, for a failure
+/// message.
 async fn describe_pods(pods: &Api<Pod>) -> String {
     let Ok(list) = pods.list(&ListParams::default()).await else { return "(pods not listed)".into() };
-    list.items
-        .iter()
-        .map(|p| {
-            let status = p.status.as_ref();
-            format!(
-                "{}: {:?} {:?}",
-                p.metadata.name.as_deref().unwrap_or_default(),
-                status.and_then(|s| s.phase.as_deref()),
-                status
-                    .and_then(|s| s.container_statuses.as_ref())
-                    .map(|c| c.iter().map(|c| &c.state).collect::<Vec<_>>())
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+    let mut out = String::new();
+    for pod in &list.items {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let status = pod.status.as_ref();
+        let states =
+            status.and_then(|s| s.container_statuses.as_ref()).map(|c| c.iter().map(|c| &c.state).collect::<Vec<_>>());
+        out += &format!(
+            "{name}: {:?} {:?} {states:?}\n",
+            status.and_then(|s| s.phase.as_deref()),
+            status.and_then(|s| s.conditions.as_ref())
+        );
+        let logs = pods.logs(&name, &LogParams { tail_lines: Some(20), ..Default::default() }).await;
+        out += &format!("  log: {}\n", logs.unwrap_or_else(|e| e.to_string()).replace('\n', "\n  log: "));
+    }
+    out
 }
 
 /// A cookie-keeping HTTP client of the portal pod.
