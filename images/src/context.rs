@@ -1,26 +1,29 @@
 //! Build contexts and the content hash that decides whether an image must be rebuilt.
 //!
 //! A context is an in-memory tar of an image's directory plus extra files (the host's apt
-//! sources). It is deterministic — entries sorted, owner root, mtime 0, mode 0755 for
-//! executables and 0644 otherwise — so the same files always give the same bytes, and the hash
-//! of those bytes and the parent image's id says whether an existing image is still up to date.
+//! sources, the Deskpod binaries a platform image carries). It is deterministic — entries
+//! sorted, owner root, mtime 0, mode 0755 for executables and 0644 otherwise — so the same files
+//! always give the same bytes, and the hash of those bytes and the parent image's id says
+//! whether an existing image is still up to date.
 
 use crate::{Error, Result};
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
-/// A file put into a context that is not in the image's directory.
+/// A file put into a context that is not in the image's directory (borrowed: a binary is tens
+/// of megabytes, and is copied once, into the tar).
 #[derive(Clone, Debug)]
-pub struct ExtraFile {
+pub struct ExtraFile<'a> {
     /// Path inside the context, `/`-separated.
     pub path: String,
-    pub contents: Vec<u8>,
+    pub contents: &'a [u8],
     pub executable: bool,
 }
 
 /// The tar of `dir`'s regular files (recursively) and `extra`, in path order.
 pub fn build_context(dir: &Path, extra: &[ExtraFile]) -> Result<Vec<u8>> {
-    let mut entries: Vec<(String, Vec<u8>, bool)> = Vec::new();
+    let mut entries: Vec<(String, Cow<[u8]>, bool)> = Vec::new();
     collect(dir, dir, &mut entries)?;
     for file in extra {
         if entries.iter().any(|(path, ..)| *path == file.path) {
@@ -29,7 +32,7 @@ pub fn build_context(dir: &Path, extra: &[ExtraFile]) -> Result<Vec<u8>> {
                 message: "the builder puts its own file here; remove it from the image's directory".into(),
             });
         }
-        entries.push((file.path.clone(), file.contents.clone(), file.executable));
+        entries.push((file.path.clone(), Cow::Borrowed(file.contents), file.executable));
     }
     entries.sort_by(|a, b| a.0.cmp(&b.0));
 
@@ -42,13 +45,13 @@ pub fn build_context(dir: &Path, extra: &[ExtraFile]) -> Result<Vec<u8>> {
         header.set_gid(0);
         header.set_mtime(0);
         header.set_entry_type(tar::EntryType::Regular);
-        tar.append_data(&mut header, path, contents.as_slice())
+        tar.append_data(&mut header, path, contents.as_ref())
             .map_err(|e| Error::Context { path: dir.join(path), message: e.to_string() })?;
     }
     tar.into_inner().map_err(|e| Error::Context { path: dir.to_path_buf(), message: e.to_string() })
 }
 
-fn collect(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>, bool)>) -> Result<()> {
+fn collect(root: &Path, dir: &Path, out: &mut Vec<(String, Cow<'_, [u8]>, bool)>) -> Result<()> {
     let io_err = |path: &Path, e: std::io::Error| Error::Context { path: path.to_path_buf(), message: e.to_string() };
     let mut children: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| io_err(dir, e))?
@@ -68,7 +71,7 @@ fn collect(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>, bool)>) -> R
                 message: "file names in an image's directory must be UTF-8".into(),
             })?;
             let contents = std::fs::read(&path).map_err(|e| io_err(&path, e))?;
-            out.push((name.to_string(), contents, meta.permissions().mode() & 0o111 != 0));
+            out.push((name.to_string(), Cow::Owned(contents), meta.permissions().mode() & 0o111 != 0));
         } else {
             return Err(Error::Context {
                 path,
@@ -116,8 +119,8 @@ mod tests {
         }
     }
 
-    fn sources(text: &str) -> Vec<ExtraFile> {
-        vec![ExtraFile { path: "apt/debian.sources".into(), contents: text.into(), executable: false }]
+    fn sources(text: &str) -> Vec<ExtraFile<'_>> {
+        vec![ExtraFile { path: "apt/debian.sources".into(), contents: text.as_bytes(), executable: false }]
     }
 
     fn entries(tar: &[u8]) -> Vec<(String, u32, u64)> {

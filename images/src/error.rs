@@ -32,6 +32,9 @@ pub enum Error {
     #[error("building {tag} failed{}: {message}\n--- last lines of the build ---\n{output}", step.as_deref().map(|s| format!(" at {s}")).unwrap_or_default())]
     Build { tag: String, step: Option<String>, message: String, output: String },
 
+    #[error("building the Deskpod binaries failed: {message}\n  command: {command}\n  in: {}{}", dir.display(), last_lines("cargo's output", output))]
+    Cargo { command: String, dir: PathBuf, message: String, output: String },
+
     #[error("inspecting {what} failed: {source}")]
     Inspect {
         what: String,
@@ -44,6 +47,11 @@ pub enum Error {
 
     #[error("no RFB banner from {url} within {waited:?}: {last_error}")]
     NoBanner { url: String, waited: std::time::Duration, last_error: String },
+}
+
+/// `output` under a heading, or nothing when there is no output.
+fn last_lines(what: &str, output: &str) -> String {
+    if output.is_empty() { String::new() } else { format!("\n--- last lines of {what} ---\n{output}") }
 }
 
 /// The crate's result type.

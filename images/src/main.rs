@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
-#[command(version, about = "Build and check Deskpod's desktop and CI-agent images")]
+#[command(version, about = "Build and check Deskpod's desktop, CI-agent and platform images")]
 struct Cli {
     /// Directory holding the images' directories (default: this crate's directory).
     #[arg(long, global = true)]
@@ -19,6 +19,10 @@ struct Cli {
     /// The host's deb822 apt sources file, copied into every build.
     #[arg(long, global = true, default_value = DEFAULT_SOURCES)]
     apt_sources: PathBuf,
+    /// The Cargo workspace the platform images' binaries are built in, with `$CARGO` or the
+    /// `cargo` on PATH (default: the workspace this program was built from).
+    #[arg(long, global = true)]
+    workspace_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -37,7 +41,8 @@ enum Command {
         #[arg(long, value_enum, default_value_t = ProgressArg::Auto)]
         progress: ProgressArg,
     },
-    /// List the catalogue's images: tag, size, and whether they are up to date.
+    /// List the catalogue's images: tag, size, and whether they are up to date (builds the
+    /// platform images' binaries first when those images are present).
     List,
     /// Start a desktop image several times and report the time to its RFB banner.
     Probe {
@@ -78,11 +83,12 @@ async fn run() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     let images_dir = cli.images_dir.unwrap_or_else(deskpod_images::default_images_dir);
+    let workspace_dir = cli.workspace_dir.unwrap_or_else(deskpod_images::default_workspace_dir);
 
     match cli.command {
         Command::Build { only, force, progress } => {
             let apt = AptSources::read(&cli.apt_sources)?;
-            let builder = Builder::new(connect_docker().await?, images_dir, apt);
+            let builder = Builder::new(connect_docker().await?, images_dir, apt).with_workspace_dir(workspace_dir);
             let progress = match progress {
                 ProgressArg::Auto => Mode::Auto,
                 ProgressArg::Tty => Mode::Tty,
@@ -103,9 +109,10 @@ async fn run() -> anyhow::Result<()> {
         }
         Command::List => {
             let apt = AptSources::read(&cli.apt_sources)?;
-            let builder = Builder::new(connect_docker().await?, images_dir, apt);
-            println!("{:<9} {:<30} {:>9} {:<10} WHAT", "NAME", "TAG", "SIZE (MB)", "STATE");
-            for status in builder.status().await? {
+            let builder = Builder::new(connect_docker().await?, images_dir, apt).with_workspace_dir(workspace_dir);
+            let statuses = builder.status(Mode::Auto).await?;
+            println!("{:<10} {:<30} {:>9} {:<10} WHAT", "NAME", "TAG", "SIZE (MB)", "STATE");
+            for status in statuses {
                 let size = status.size.map(|s| format!("{:.0}", s as f64 / 1e6)).unwrap_or_else(|| "-".into());
                 let state = match status.freshness {
                     Freshness::Missing => "missing",
@@ -113,7 +120,7 @@ async fn run() -> anyhow::Result<()> {
                     Freshness::Outdated => "outdated",
                 };
                 println!(
-                    "{:<9} {:<30} {:>9} {:<10} {}",
+                    "{:<10} {:<30} {:>9} {:<10} {}",
                     status.spec.name, status.spec.tag, size, state, status.spec.summary
                 );
             }

@@ -81,12 +81,13 @@ mod tests {
     }
 
     #[rstest]
-    #[case::everything(&[], &["rootfs", "base", "java", "python", "node", "ci-agent"])]
+    #[case::everything(&[], &["rootfs", "base", "java", "python", "node", "ci-agent", "controller", "portal"])]
     #[case::one_variant(&["python"], &["(rootfs)", "(base)", "python"])]
     #[case::two_variants(&["node", "java"], &["(rootfs)", "(base)", "java", "node"])]
     #[case::variant_and_its_base(&["python", "base"], &["(rootfs)", "base", "python"])]
     #[case::ci_agent_needs_no_desktop(&["ci-agent"], &["(rootfs)", "ci-agent"])]
     #[case::rootfs_alone(&["rootfs"], &["rootfs"])]
+    #[case::platform_images_need_no_desktop(&["portal", "controller"], &["(rootfs)", "controller", "portal"])]
     #[case::repeated(&["python", "python"], &["(rootfs)", "(base)", "python"])]
     fn order_of_the_real_catalogue(#[case] only: &[&str], #[case] expected: &[&str]) {
         let only: Vec<String> = only.iter().map(|s| s.to_string()).collect();
@@ -99,7 +100,7 @@ mod tests {
             tag: name,
             kind: ImageKind::Desktop,
             parent,
-            source: Source::Dockerfile { dir: name },
+            source: Source::Dockerfile { dir: name, binaries: &[] },
             summary: "",
         }
     }
@@ -114,7 +115,7 @@ mod tests {
     #[test]
     fn an_unknown_name_lists_the_known_ones() {
         let err = build_order(CATALOGUE, &["cobol".into()]).unwrap_err().to_string();
-        assert!(err.contains("cobol") && err.contains("python, node, ci-agent"), "{err}");
+        assert!(err.contains("cobol") && err.contains("python, node, ci-agent, controller, portal"), "{err}");
     }
 
     #[test]

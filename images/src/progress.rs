@@ -1,7 +1,8 @@
-//! Progress while images are made: what the build stream says, reduced to the current step,
-//! bytes downloaded or sent and elapsed time, shown on stderr — one line rewritten in place on a
-//! terminal, plain lines otherwise (CI logs). The parsing is pure and table-tested; the display
-//! keeps the last lines of output so a failed build can say what went wrong.
+//! Progress while images are made: what the build stream (or debootstrap, or cargo) says,
+//! reduced to the current step, bytes downloaded or sent and elapsed time, shown on stderr —
+//! one line rewritten in place on a terminal, plain lines otherwise (CI logs). The parsing is
+//! pure and table-tested; the display keeps the last lines of output so a failed build can say
+//! what went wrong.
 
 use std::collections::VecDeque;
 use std::io::IsTerminal;
@@ -16,7 +17,8 @@ pub enum Line<'a> {
     AptGet { bytes: u64 },
     /// debootstrap starting a phase: `I: Resolving dependencies of base packages...`.
     Phase(&'a str),
-    /// debootstrap working on one package: `I: Unpacking libc6...` → ("Unpacking", "libc6").
+    /// debootstrap working on one package: `I: Unpacking libc6...` → ("Unpacking", "libc6");
+    /// or cargo compiling one: `   Compiling libc v0.2.191` → ("Compiling", "libc").
     Package { action: &'static str, package: &'a str },
     /// Anything else.
     Other,
@@ -38,6 +40,13 @@ pub fn parse_line(line: &str) -> Line<'_> {
         && let Some(bytes) = parse_apt_size(&line[open + 1..line.len() - 1])
     {
         return Line::AptGet { bytes };
+    }
+    // Cargo right-aligns its verbs in 12 columns: `   Compiling <name> v<version>[ (<path>)]`.
+    if let Some(rest) = line.strip_prefix("   Compiling ")
+        && let Some((package, version)) = rest.split_once(' ')
+        && version.starts_with('v')
+    {
+        return Line::Package { action: "Compiling", package };
     }
     if let Some(rest) = line.strip_prefix("I: ") {
         for action in ["Retrieving", "Validating", "Extracting", "Unpacking", "Configuring"] {
@@ -302,6 +311,13 @@ mod tests {
     #[case::debootstrap_unpacking("I: Unpacking libgcc-s1:amd64...", Line::Package { action: "Unpacking", package: "libgcc-s1:amd64" })]
     #[case::debootstrap_configuring("I: Configuring base-files...", Line::Package { action: "Configuring", package: "base-files" })]
     #[case::builder_noise(" ---> Running in 0123456789ab", Line::Other)]
+    #[case::cargo_compiling("   Compiling libc v0.2.191", Line::Package { action: "Compiling", package: "libc" })]
+    #[case::cargo_compiling_workspace_crate(
+        "   Compiling deskpod-portal v0.1.0 (/work/main/portal)",
+        Line::Package { action: "Compiling", package: "deskpod-portal" }
+    )]
+    #[case::cargo_finished("    Finished `release` profile [optimized] target(s) in 5m 12s", Line::Other)]
+    #[case::compiling_prose("Compiling the world takes a while", Line::Other)]
     fn lines(#[case] line: &str, #[case] expected: Line) {
         assert_eq!(parse_line(line), expected);
     }
