@@ -2,8 +2,9 @@
 //! securityContext runs them (read-only root filesystem, all capabilities dropped, no new
 //! privileges, the image's numeric user): the controller answers `--help` as uid 65532; the
 //! portal, with a fresh volume on its data directory and a tmpfs on /tmp, answers /healthz,
-//! serves the sign-in page and noVNC's files, keeps its database in the volume and finds it
-//! again on the next start. A second build reuses both images (same binaries, same hash).
+//! serves the sign-in page and noVNC's files, keeps its database in the volume, stops on SIGTERM
+//! as PID 1 and finds its database again on the next start. A second build reuses both images
+//! (same binaries, same hash).
 //!
 //! The admin password the portal prints on its first start is never shown: logs pass through
 //! [`redacted`] before they go into a failure message.
@@ -12,7 +13,7 @@ mod common;
 
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, HostConfig, VolumeCreateRequest};
-use bollard::query_parameters::RemoveVolumeOptions;
+use bollard::query_parameters::{RemoveVolumeOptions, StopContainerOptionsBuilder};
 use deskpod_images::catalogue::{self, CONTROLLER, PORTAL, platform};
 use deskpod_images::probe::{Container, PROBE_LABEL};
 use deskpod_images::progress::Mode;
@@ -25,6 +26,8 @@ const IMAGES: [&str; 2] = [CONTROLLER, PORTAL];
 const EXIT_DEADLINE: Duration = Duration::from_secs(60);
 /// Generous for a loaded 2-core machine; the portal usually answers within a second.
 const READY_DEADLINE: Duration = Duration::from_secs(60);
+/// How long `docker stop` waits after SIGTERM before it kills (its default).
+const STOP_GRACE_SECONDS: i32 = 10;
 
 /// A container of `image` under the chart's restrictions; `tmpfs` paths get a tmpfs (as the
 /// chart's emptyDir on /tmp), `volume` is a named volume on the portal's data directory.
@@ -128,6 +131,13 @@ async fn the_portal_serves_health_signin_and_novnc_and_keeps_its_database_in_the
 
     let log = portal.logs().await;
     assert!(log.contains("Created the first admin account"), "no first admin:\n{}", redacted(&log));
+
+    // As PID 1 it stops on SIGTERM (what `docker stop` and the kubelet send), by itself: exit
+    // status 0, not the 137 of the SIGKILL that follows the grace period.
+    let stop = StopContainerOptionsBuilder::default().t(STOP_GRACE_SECONDS).build();
+    docker.stop_container(&portal.id, Some(stop)).await.unwrap();
+    let state = docker.inspect_container(&portal.id, None).await.unwrap().state.unwrap();
+    assert_eq!(state.exit_code, Some(0), "stopped how?\n{}", redacted(&portal.logs().await));
     portal.remove().await.unwrap();
 
     // Started again on the same volume, it finds the admin: no new password.
