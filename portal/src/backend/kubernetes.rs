@@ -247,17 +247,7 @@ impl KubernetesBackend {
                 result => break result,
             }
         };
-        let created = created.map_err(|e| match e {
-            kube::Error::Api(status) if status.is_already_exists() => conflict(&new.team, &new.name),
-            kube::Error::Api(status) if status.is_not_found() => BackendError::Invalid(format!(
-                "team {}'s namespace {namespace} is not ready yet; try again in a minute",
-                new.team
-            )),
-            kube::Error::Api(status) if status.is_invalid() || is_admission_refusal(&status) => {
-                BackendError::Invalid(status.message)
-            }
-            other => unavailable("creating a workspace", other),
-        })?;
+        let created = created.map_err(|e| create_error(&new.team, &new.name, &namespace, e))?;
         Ok(view(&new.team, &created))
     }
 
@@ -496,6 +486,27 @@ fn pod_address(pod: &Pod, port: i32) -> Option<SocketAddr> {
         .any(|c| c.name == DESKTOP_CONTAINER && c.state.as_ref().is_some_and(|s| s.running.is_some()));
     let ip = status.pod_ip.as_deref().filter(|_| running)?.parse().ok()?;
     Some(SocketAddr::new(ip, u16::try_from(port).ok()?))
+}
+
+/// What a refused Workspace create means to the person asking.
+fn create_error(team: &str, name: &str, namespace: &str, error: kube::Error) -> BackendError {
+    match error {
+        kube::Error::Api(status) if status.is_already_exists() => conflict(team, name),
+        kube::Error::Api(status) if status.is_not_found() => BackendError::Invalid(format!(
+            "team {team}'s namespace {namespace} is not ready yet; try again in a minute"
+        )),
+        // Quota admission cannot count workspaces until the quota controller has (a minute or so
+        // after the team, or the CRDs, were created): nothing is wrong with the request.
+        kube::Error::Api(status) if status.is_forbidden() && status.message.contains("status unknown for quota") => {
+            BackendError::Unavailable(format!(
+                "team {team}'s quota is still being counted (this takes up to a minute for a new team); try again shortly"
+            ))
+        }
+        kube::Error::Api(status) if status.is_invalid() || is_admission_refusal(&status) => {
+            BackendError::Invalid(status.message)
+        }
+        other => unavailable("creating a workspace", other),
+    }
 }
 
 /// Whether a 403 is admission refusing the object (the team's ResourceQuota, a policy) rather than
@@ -864,6 +875,24 @@ mod tests {
     #[case::unicode("dév", false)]
     fn workspace_names(#[case] name: &str, #[case] valid: bool) {
         assert_eq!(validate_workspace_name(name).is_ok(), valid, "{name:?}: {:?}", validate_workspace_name(name));
+    }
+
+    #[test]
+    fn a_quota_not_counted_yet_is_a_moment_to_wait_and_an_exceeded_one_a_refusal() {
+        let forbidden =
+            |message: &str| kube::Error::Api(kube::core::Status::failure(message, "Forbidden").with_code(403).boxed());
+        let unknown = forbidden(
+            r#"workspaces.deskpod.io "w" is forbidden: status unknown for quota: deskpod-team, resources: count/workspaces.deskpod.io"#,
+        );
+        assert!(
+            matches!(create_error("apps", "w", "team-apps", unknown), BackendError::Unavailable(m) if m.contains("still being counted")),
+        );
+        let exceeded = forbidden(
+            r#"workspaces.deskpod.io "w" is forbidden: exceeded quota: deskpod-team, requested: count/workspaces.deskpod.io=1"#,
+        );
+        assert!(
+            matches!(create_error("apps", "w", "team-apps", exceeded), BackendError::Invalid(m) if m.contains("exceeded quota"))
+        );
     }
 
     #[test]
