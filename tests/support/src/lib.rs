@@ -83,9 +83,33 @@ pub struct TestCluster {
     pub dir: PathBuf,
     /// Kubernetes version the control plane reports.
     pub version: String,
-    /// The harness process when this test binary started the cluster itself. Held, never
-    /// dropped: when the test binary exits, the stdin pipe closes and the harness tears down.
-    _supervisor: Option<Mutex<(Child, BufReader<ChildStdout>)>>,
+    /// The harness process when this test binary started the cluster itself. The shared cluster
+    /// holds it until the test binary exits (the stdin pipe closes and the harness tears down);
+    /// a private cluster is stopped when it is dropped (see the `Drop` impl).
+    supervisor: Option<Mutex<(Child, BufReader<ChildStdout>)>>,
+}
+
+impl Drop for TestCluster {
+    /// A cluster this value started (a private one; the shared one is never dropped) is stopped
+    /// here, and waited for: its harness sees stdin close and deletes the real node's pods, stops
+    /// every process and removes what it set up on the host. So nothing of it outlives the test
+    /// (about 1 s without a real node; up to 40 s with one, while its pods are drained).
+    fn drop(&mut self) {
+        let Some(supervisor) = self.supervisor.take() else { return };
+        let (mut child, _) = supervisor.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
+        drop(child.stdin.take());
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => return,
+                Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+                _ => {
+                    eprintln!("the test cluster in {} did not stop within 120 s", self.dir.display());
+                    return;
+                }
+            }
+        }
+    }
 }
 
 static SHARED: OnceLock<TestCluster> = OnceLock::new();
@@ -110,12 +134,12 @@ impl TestCluster {
             .map_err(|source| Error::Kubeconfig { path: kubeconfig.clone(), source })?;
         let server =
             config.clusters.first().and_then(|c| c.cluster.as_ref()).and_then(|c| c.server.clone()).unwrap_or_default();
-        Ok(TestCluster { kubeconfig, server, dir: dir.to_path_buf(), version: String::new(), _supervisor: None })
+        Ok(TestCluster { kubeconfig, server, dir: dir.to_path_buf(), version: String::new(), supervisor: None })
     }
 
     /// Starts a cluster of its own for one test, beside the shared one (a second cluster, such as
-    /// a member cluster). It is torn down when the returned value is dropped (the harness sees
-    /// its stdin close) or the test binary exits. Deskpod's CRDs are not installed on it.
+    /// a member cluster). It is torn down when the returned value is dropped, which waits until
+    /// the harness is done, or when the test binary exits. Deskpod's CRDs are not installed on it.
     pub fn start_private() -> Result<TestCluster> {
         Self::start(&[])
     }
@@ -198,7 +222,7 @@ impl TestCluster {
             server: ready.server,
             dir: ready.dir,
             version: ready.version,
-            _supervisor: Some(Mutex::new((child, stdout))),
+            supervisor: Some(Mutex::new((child, stdout))),
         })
     }
 

@@ -2,9 +2,10 @@
 //! renders, applied to a cluster of its own whose real node runs the controller and portal images
 //! (`deskpod-images build` makes them; tests/run imports them) as pods, under Pod Security
 //! `restricted`, with the chart's RBAC only. The controller pods elect a leader that reconciles a
-//! Team and Workspaces; the portal pod signs its admin in and creates a Workspace through its own
-//! ServiceAccount; when the leading pod is deleted, the standby takes over at once (the leader
-//! releases its Lease on SIGTERM) and reconciles the next Workspace.
+//! Team and Workspaces; the portal pod signs its admin in and creates Workspaces through its own
+//! ServiceAccount, one of them a real desktop on the real node whose VNC stream comes through the
+//! portal pod; when the leading pod is deleted, another takes over at once (the leader releases
+//! its Lease on SIGTERM) and reconciles the next Workspace.
 //!
 //! Runs when `DESKPOD_REAL_NODE=1` (as tests/run sets by default; needs root); otherwise it
 //! returns at once.
@@ -32,8 +33,10 @@ use serde_json::{Value, json};
 const START: Duration = Duration::from_secs(180);
 const RELEASE: &str = "deskpod-system";
 const ADMIN: &str = "admin@deskpod.local";
+const PUBLIC_URL: &str = "http://portal.chart.test";
 const CONTROLLER_IMAGE: &str = "deskpod/controller:0.1.0";
 const PORTAL_IMAGE: &str = "deskpod/portal:0.1.0";
+const DESKTOP_IMAGE: &str = "deskpod/desktop-python:latest";
 
 fn enabled() -> bool {
     if std::env::var("DESKPOD_REAL_NODE").as_deref() == Ok("1") {
@@ -53,7 +56,7 @@ fn values(admin_password: &str) -> Value {
     controller["routing"] = json!({ "baseDomain": "chart.test" });
     let mut portal = on_real_node;
     portal["adminPassword"] = json!(admin_password);
-    portal["publicUrl"] = json!("http://portal.chart.test");
+    portal["publicUrl"] = json!(PUBLIC_URL);
     portal["persistence"] = json!({ "storageClass": "real-node" });
     json!({ "controller": controller, "portal": portal })
 }
@@ -92,11 +95,12 @@ async fn the_installed_chart_runs_a_controller_and_a_portal_that_reconcile_and_f
     if !enabled() {
         return;
     }
-    let cluster =
-        tokio::task::spawn_blocking(|| TestCluster::start_private_with_real_node(&[CONTROLLER_IMAGE, PORTAL_IMAGE]))
-            .await
-            .unwrap()
-            .expect("a cluster with a real node and the chart's images");
+    let cluster = tokio::task::spawn_blocking(|| {
+        TestCluster::start_private_with_real_node(&[CONTROLLER_IMAGE, PORTAL_IMAGE, DESKTOP_IMAGE])
+    })
+    .await
+    .unwrap()
+    .expect("a cluster with a real node and the chart's images");
     let admin = cluster.admin_client().await.expect("admin client");
 
     // The release namespace enforces the restricted Pod Security Standard: the chart's pods must
@@ -164,7 +168,7 @@ async fn the_installed_chart_runs_a_controller_and_a_portal_that_reconcile_and_f
     // The leader reconciles a Team and a Workspace (nothing else runs a controller here).
     let team: Team = serde_json::from_value(json!({
         "apiVersion": "deskpod.io/v1alpha1", "kind": "Team", "metadata": { "name": "apps" },
-        "spec": { "quota": { "pods": 4, "cpu": "8", "memory": "16Gi", "workspaces": 4 },
+        "spec": { "quota": { "pods": 6, "cpu": "8", "memory": "16Gi", "workspaces": 6 },
                   "members": [{ "user": ADMIN, "role": "lead" }] }
     }))
     .unwrap();
@@ -176,6 +180,17 @@ async fn the_installed_chart_runs_a_controller_and_a_portal_that_reconcile_and_f
     }))
     .unwrap();
     Api::<WorkspaceTemplate>::all(admin.clone()).create(&PostParams::default(), &template).await.expect("template");
+    // The same desktop, placed on the real node: it runs there, and the portal pod reaches it.
+    let real: WorkspaceTemplate = serde_json::from_value(json!({
+        "apiVersion": "deskpod.io/v1alpha1", "kind": "WorkspaceTemplate", "metadata": { "name": "python-real" },
+        "spec": { "displayName": "Python (real node)", "image": DESKTOP_IMAGE, "imagePullPolicy": "IfNotPresent",
+                  "homeSize": "1Gi", "homeStorageClassName": "real-node",
+                  "resources": { "cpuRequest": "250m", "cpuLimit": "1", "memoryRequest": "512Mi", "memoryLimit": "1Gi" },
+                  "nodeSelector": { "deskpod.io/node": "real" },
+                  "tolerations": [{ "key": "deskpod.io/real-node", "operator": "Exists", "effect": "NoSchedule" }] }
+    }))
+    .unwrap();
+    Api::<WorkspaceTemplate>::all(admin.clone()).create(&PostParams::default(), &real).await.expect("template");
     let workspaces: Api<Workspace> = Api::namespaced(admin.clone(), "team-apps");
     wait_for(
         &Api::<Namespace>::all(admin.clone()),
@@ -217,6 +232,16 @@ async fn the_installed_chart_runs_a_controller_and_a_portal_that_reconcile_and_f
         .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     wait_for(&workspaces, "second", "the portal's Workspace Running", START, running).await.expect("runs");
+
+    // A real desktop, asked for through the portal pod, streams its VNC banner through the
+    // portal pod's websocket proxy.
+    let (status, created) = portal
+        .send(Method::POST, "/api/v1/workspaces", Some(r#"{"team":"apps","name":"desk","template":"python-real"}"#))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    wait_for(&workspaces, "desk", "the real desktop Running", START, running).await.expect("runs");
+    let banner = portal.desktop_banner("/workspaces/apps/desk/websockify").await;
+    assert_eq!(banner, b"RFB 003.008\n");
 
     // The leading pod is deleted (SIGTERM): it releases the Lease, and another pod (the standby,
     // or the Deployment's replacement if it asks first) leads well before the 15 s Lease would
@@ -340,6 +365,26 @@ impl Session {
         self.keep_cookies(response.headers());
         let (_, home) = self.send(Method::GET, "/", None).await;
         self.csrf = Some(field(&home, r#"<meta name="csrf-token" content=""#));
+    }
+}
+
+impl Session {
+    /// The first message of the desktop's websocket through the portal, sent as the browser
+    /// would: the session cookie and the portal's own Origin.
+    async fn desktop_banner(&self, path: &str) -> Vec<u8> {
+        use futures::StreamExt;
+        use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+        let url = format!("{}{path}", self.base.replacen("http://", "ws://", 1));
+        let mut request = url.into_client_request().expect("a websocket request");
+        let cookies = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ");
+        request.headers_mut().insert("cookie", cookies.parse().expect("a cookie header"));
+        request.headers_mut().insert("origin", PUBLIC_URL.parse().expect("an origin"));
+        let (mut ws, _) = tokio_tungstenite::connect_async(request).await.expect("the desktop websocket");
+        let first = tokio::time::timeout(Duration::from_secs(30), ws.next()).await.expect("a first message in time");
+        match first {
+            Some(Ok(Message::Binary(banner))) => banner.to_vec(),
+            other => panic!("no banner through the portal: {other:?}"),
+        }
     }
 }
 

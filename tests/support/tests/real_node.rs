@@ -319,3 +319,35 @@ curl -sS --fail-with-body --max-time 20 --cacert "$sa/ca.crt" -H "Authorization:
         "{review}"
     );
 }
+
+#[tokio::test]
+async fn pods_on_the_real_node_reach_each_other_across_its_bridge() {
+    if !enabled() {
+        return;
+    }
+    let ns = restricted_namespace("real-p2p").await;
+    let pods: Api<Pod> = ns.api();
+    let server = real_node_pod(
+        "server",
+        "deskpod/desktop-python:latest",
+        Some(&["python3", "-m", "http.server", "8080", "--bind", "0.0.0.0", "--directory", "/etc"]),
+        json!({}),
+    );
+    pods.create(&PostParams::default(), &server).await.expect("create server");
+    let server = wait_for(&pods, "server", "server running", START, running).await.expect("server runs");
+    let ip = server.status.and_then(|s| s.pod_ip).expect("the server's pod IP");
+    // As the portal pod reaches a desktop pod: straight to its IP, over the node's bridge.
+    let fetch =
+        format!("curl -sS --max-time 5 --retry 20 --retry-connrefused --retry-delay 1 http://{ip}:8080/hostname");
+    let client = real_node_pod(
+        "client",
+        "deskpod/ci-agent:latest",
+        Some(&["sh", "-c", &fetch]),
+        json!({"spec": {"restartPolicy": "Never"}}),
+    );
+    pods.create(&PostParams::default(), &client).await.expect("create client");
+    let client = wait_for(&pods, "client", "client finished", START, finished).await.expect("client finished");
+    let logs = pods.logs("client", &LogParams::default()).await.expect("client logs");
+    assert_eq!(client.status.and_then(|s| s.phase).as_deref(), Some("Succeeded"), "curl said: {logs}");
+    assert_eq!(logs.trim(), "server", "the server pod's /etc/hostname");
+}

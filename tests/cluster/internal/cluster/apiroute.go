@@ -20,7 +20,8 @@ import (
 // names. There is no kube-proxy here. Instead one DNAT rule, limited to the node's bridge and pod
 // subnet, sends that address to a TCP relay on the bridge's gateway address, and the relay
 // forwards each connection to the API server on loopback. The API server itself stays on
-// 127.0.0.1; the relay is reachable from the host and this node's pods only.
+// 127.0.0.1; the relay is reachable from the host and this node's pods only. A second rule lets
+// the node's pods reach each other across its bridge (see bridgeForwardRule).
 
 // apiRelay accepts connections on the gateway address and pipes each to the API server.
 type apiRelay struct {
@@ -115,8 +116,8 @@ func (r *apiRelay) Close() {
 	r.wg.Wait()
 }
 
-// serviceRouteComment marks the DNAT rule of the node on bridge, so that it can be found and
-// removed even after a crash.
+// serviceRouteComment marks the iptables rules of the node on bridge, so that they can be found
+// and removed even after a crash.
 func serviceRouteComment(bridge string) string { return "deskpod-testcluster " + bridge }
 
 // serviceRouteRule is the DNAT rule (iptables -t nat arguments after the chain) that sends the
@@ -133,8 +134,18 @@ func serviceRouteRule(ns *NodeState, relay string) ([]string, error) {
 	}, nil
 }
 
-// addServiceRoute installs the DNAT rule for ns (after removing any left by an earlier cluster
-// on the same bridge).
+// bridgeForwardRule lets pods on the node's bridge reach each other. With br_netfilter loaded
+// (Docker loads it), bridged packets pass the filter table's FORWARD chain, whose policy Docker
+// sets to DROP; Docker accepts docker0-to-docker0 the same way.
+func bridgeForwardRule(ns *NodeState) []string {
+	return []string{"-i", ns.Bridge, "-o", ns.Bridge, "-m", "comment", "--comment", serviceRouteComment(ns.Bridge), "-j", "ACCEPT"}
+}
+
+// The chains the node's rules go into: table and chain.
+var ruleChains = [][2]string{{"nat", "PREROUTING"}, {"filter", "FORWARD"}}
+
+// addServiceRoute installs the node's two rules, the DNAT for the kubernetes Service and the
+// bridge's FORWARD accept (after removing any left by an earlier cluster on the same bridge).
 func addServiceRoute(ctx context.Context, ns *NodeState, relay string) error {
 	if err := removeServiceRoutes(ctx, ns.Bridge); err != nil {
 		return err
@@ -143,29 +154,37 @@ func addServiceRoute(ctx context.Context, ns *NodeState, relay string) error {
 	if err != nil {
 		return err
 	}
-	return iptables(ctx, append([]string{"-t", "nat", "-I", "PREROUTING"}, rule...)...)
+	if err := iptables(ctx, append([]string{"-t", "nat", "-I", "PREROUTING"}, rule...)...); err != nil {
+		return err
+	}
+	return iptables(ctx, append([]string{"-t", "filter", "-I", "FORWARD"}, bridgeForwardRule(ns)...)...)
 }
 
-// removeServiceRoutes deletes every PREROUTING rule carrying bridge's comment.
+// removeServiceRoutes deletes every rule carrying bridge's comment from the node's chains.
 func removeServiceRoutes(ctx context.Context, bridge string) error {
 	if _, err := exec.LookPath("iptables"); err != nil {
 		return nil // then no rule was ever added
 	}
-	out, err := exec.CommandContext(ctx, "iptables", "-t", "nat", "-S", "PREROUTING").Output()
-	if err != nil {
-		return fmt.Errorf("iptables -t nat -S PREROUTING: %w", err)
-	}
 	var errs []error
-	for _, line := range strings.Split(string(out), "\n") {
-		if !strings.HasPrefix(line, "-A PREROUTING ") || !strings.Contains(line, strconv.Quote(serviceRouteComment(bridge))) {
-			continue
-		}
-		args, err := splitRule(strings.TrimPrefix(line, "-A PREROUTING "))
+	for _, tc := range ruleChains {
+		table, chain := tc[0], tc[1]
+		out, err := exec.CommandContext(ctx, "iptables", "-t", table, "-S", chain).Output()
 		if err != nil {
-			errs = append(errs, err)
+			errs = append(errs, fmt.Errorf("iptables -t %s -S %s: %w", table, chain, err))
 			continue
 		}
-		errs = append(errs, iptables(ctx, append([]string{"-t", "nat", "-D", "PREROUTING"}, args...)...))
+		prefix := "-A " + chain + " "
+		for _, line := range strings.Split(string(out), "\n") {
+			if !strings.HasPrefix(line, prefix) || !strings.Contains(line, strconv.Quote(serviceRouteComment(bridge))) {
+				continue
+			}
+			args, err := splitRule(strings.TrimPrefix(line, prefix))
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			errs = append(errs, iptables(ctx, append([]string{"-t", table, "-D", chain}, args...)...))
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -664,6 +665,11 @@ func (s *supervisor) teardown() {
 	}
 	t0 := time.Now()
 	s.stopProvision()
+	if s.node != nil {
+		// Nothing new may land on the real node while it is drained: ReplicaSets and Deskpod's
+		// own controllers (running there as pods) would otherwise replace what the drain deletes.
+		s.stopNamed(5*time.Second, nScheduler, nKCM)
+	}
 	s.stopRealNode()
 	s.logf("stopping %d processes", len(children))
 	tier := func(c *child) int {
@@ -705,6 +711,30 @@ func (s *supervisor) teardown() {
 		<-c.done
 	}
 	s.logf("all processes stopped in %s", time.Since(t0).Round(100*time.Millisecond))
+}
+
+// stopNamed stops the named children (SIGTERM, then SIGKILL after wait) and waits for them.
+func (s *supervisor) stopNamed(wait time.Duration, names ...string) {
+	s.mu.Lock()
+	var stopping []*child
+	for _, c := range s.children {
+		if slices.Contains(names, c.name) && !c.exited() {
+			stopping = append(stopping, c)
+		}
+	}
+	s.mu.Unlock()
+	for _, c := range stopping {
+		syscall.Kill(-c.cmd.Process.Pid, syscall.SIGTERM)
+	}
+	deadline := time.After(wait)
+	for _, c := range stopping {
+		select {
+		case <-c.done:
+		case <-deadline:
+			syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL)
+			<-c.done
+		}
+	}
 }
 
 func (s *supervisor) makePKI() error {
