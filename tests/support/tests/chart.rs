@@ -28,10 +28,6 @@ use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(90);
 
-fn run_helm(args: &[&str]) -> std::process::Output {
-    helm::run(args)
-}
-
 /// `helm template` of the chart into `namespace` with `--set` values; the rendered documents.
 fn render(namespace: &str, set: &[&str]) -> Vec<Value> {
     let args: Vec<&str> = set.iter().flat_map(|value| ["--set", value]).collect();
@@ -50,7 +46,7 @@ fn named<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
 
 #[test]
 fn chart_lints_and_renders_restricted_pods_with_default_values() {
-    let lint = run_helm(&["lint", "--strict", "charts/deskpod"]);
+    let lint = helm::run(&["lint", "--strict", "charts/deskpod"]);
     assert!(lint.status.success(), "helm lint failed:\n{}", String::from_utf8_lossy(&lint.stdout));
 
     let docs = render("deskpod-system", &[]);
@@ -228,7 +224,7 @@ fn schema_refuses_bad_values_by_name() {
         ("portal.adminPassword=short", "/portal/adminPassword': minLength: got 5, want 12"),
         ("portal.jwtKey=tooshort", "/portal/jwtKey': minLength: got 8, want 32"),
     ] {
-        let output = run_helm(&["template", "deskpod", "charts/deskpod", "--set", set]);
+        let output = helm::run(&["template", "deskpod", "charts/deskpod", "--set", set]);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "helm accepted --set {set}");
         assert!(stderr.contains(names), "refusing --set {set}, helm said:\n{stderr}");

@@ -228,7 +228,11 @@ async fn the_installed_chart_runs_a_controller_and_a_portal_that_reconcile_and_f
     assert_eq!(status, StatusCode::OK, "{templates}");
     assert!(templates.contains(r#""name":"python""#), "{templates}");
     let (status, created) = portal
-        .send(Method::POST, "/api/v1/workspaces", Some(r#"{"team":"apps","name":"second","template":"python"}"#))
+        .send(
+            Method::POST,
+            "/api/v1/workspaces",
+            Some(("application/json", r#"{"team":"apps","name":"second","template":"python"}"#.into())),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     wait_for(&workspaces, "second", "the portal's Workspace Running", START, running).await.expect("runs");
@@ -236,7 +240,11 @@ async fn the_installed_chart_runs_a_controller_and_a_portal_that_reconcile_and_f
     // A real desktop, asked for through the portal pod, streams its VNC banner through the
     // portal pod's websocket proxy.
     let (status, created) = portal
-        .send(Method::POST, "/api/v1/workspaces", Some(r#"{"team":"apps","name":"desk","template":"python-real"}"#))
+        .send(
+            Method::POST,
+            "/api/v1/workspaces",
+            Some(("application/json", r#"{"team":"apps","name":"desk","template":"python-real"}"#.into())),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     wait_for(&workspaces, "desk", "the real desktop Running", START, running).await.expect("runs");
@@ -302,27 +310,23 @@ impl Session {
         Session { base: format!("http://{address}"), http, cookies: Vec::new(), csrf: None }
     }
 
-    /// Sends a request (a JSON body when given), retrying while the pod does not accept
-    /// connections yet.
-    async fn send(&mut self, method: Method, path: &str, json: Option<&str>) -> (StatusCode, String) {
+    /// Sends a request (with a body of the given content type), retrying while the pod does not
+    /// accept connections yet.
+    async fn send(&mut self, method: Method, path: &str, body: Option<(&str, String)>) -> (StatusCode, String) {
         let deadline = Instant::now() + START;
         let response = loop {
             let mut request = Request::builder().method(method.clone()).uri(format!("{}{path}", self.base));
-            let cookie = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ");
-            if !cookie.is_empty() {
-                request = request.header("cookie", cookie);
+            if !self.cookies.is_empty() {
+                request = request.header("cookie", self.cookie_header());
             }
             if let Some(csrf) = &self.csrf {
                 request = request.header("x-csrf-token", csrf);
             }
-            let body = match json {
-                Some(json) => {
-                    request = request.header("content-type", "application/json");
-                    json.to_owned()
-                }
-                None => String::new(),
-            };
-            match self.http.request(request.body(Full::new(Bytes::from(body))).unwrap()).await {
+            if let Some((content_type, _)) = &body {
+                request = request.header("content-type", *content_type);
+            }
+            let bytes = body.as_ref().map(|(_, b)| Bytes::from(b.clone())).unwrap_or_default();
+            match self.http.request(request.body(Full::new(bytes)).unwrap()).await {
                 Ok(response) => break response,
                 Err(e) if e.is_connect() && Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -334,6 +338,10 @@ impl Session {
         let status = response.status();
         let body = response.into_body().collect().await.expect("body").to_bytes();
         (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    fn cookie_header(&self) -> String {
+        self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ")
     }
 
     fn keep_cookies(&mut self, headers: &hyper::HeaderMap) {
@@ -357,18 +365,12 @@ impl Session {
             ("password", password),
         ])
         .unwrap();
-        let mut request = Request::builder().method(Method::POST).uri(format!("{}/signin", self.base));
-        let cookie = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ");
-        request = request.header("cookie", cookie).header("content-type", "application/x-www-form-urlencoded");
-        let response = self.http.request(request.body(Full::new(Bytes::from(form))).unwrap()).await.expect("sign in");
-        assert_eq!(response.status(), StatusCode::SEE_OTHER, "signing in with the password from the values");
-        self.keep_cookies(response.headers());
+        let (status, _) = self.send(Method::POST, "/signin", Some(("application/x-www-form-urlencoded", form))).await;
+        assert_eq!(status, StatusCode::SEE_OTHER, "signing in with the password from the values");
         let (_, home) = self.send(Method::GET, "/", None).await;
         self.csrf = Some(field(&home, r#"<meta name="csrf-token" content=""#));
     }
-}
 
-impl Session {
     /// The first message of the desktop's websocket through the portal, sent as the browser
     /// would: the session cookie and the portal's own Origin.
     async fn desktop_banner(&self, path: &str) -> Vec<u8> {
@@ -376,8 +378,7 @@ impl Session {
         use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
         let url = format!("{}{path}", self.base.replacen("http://", "ws://", 1));
         let mut request = url.into_client_request().expect("a websocket request");
-        let cookies = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ");
-        request.headers_mut().insert("cookie", cookies.parse().expect("a cookie header"));
+        request.headers_mut().insert("cookie", self.cookie_header().parse().expect("a cookie header"));
         request.headers_mut().insert("origin", PUBLIC_URL.parse().expect("an origin"));
         let (mut ws, _) = tokio_tungstenite::connect_async(request).await.expect("the desktop websocket");
         let first = tokio::time::timeout(Duration::from_secs(30), ws.next()).await.expect("a first message in time");

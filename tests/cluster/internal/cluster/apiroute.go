@@ -116,9 +116,9 @@ func (r *apiRelay) Close() {
 	r.wg.Wait()
 }
 
-// serviceRouteComment marks the iptables rules of the node on bridge, so that they can be found
+// nodeRuleComment marks the iptables rules of the node on bridge, so that they can be found
 // and removed even after a crash.
-func serviceRouteComment(bridge string) string { return "deskpod-testcluster " + bridge }
+func nodeRuleComment(bridge string) string { return "deskpod-testcluster " + bridge }
 
 // serviceRouteRule is the DNAT rule (iptables -t nat arguments after the chain) that sends the
 // pod subnet's connections to the kubernetes Service to the relay.
@@ -129,7 +129,7 @@ func serviceRouteRule(ns *NodeState, relay string) ([]string, error) {
 	}
 	return []string{
 		"-i", ns.Bridge, "-s", ns.Subnet, "-d", svcIP.String() + "/32", "-p", "tcp", "--dport", "443",
-		"-m", "comment", "--comment", serviceRouteComment(ns.Bridge),
+		"-m", "comment", "--comment", nodeRuleComment(ns.Bridge),
 		"-j", "DNAT", "--to-destination", relay,
 	}, nil
 }
@@ -138,16 +138,16 @@ func serviceRouteRule(ns *NodeState, relay string) ([]string, error) {
 // (Docker loads it), bridged packets pass the filter table's FORWARD chain, whose policy Docker
 // sets to DROP; Docker accepts docker0-to-docker0 the same way.
 func bridgeForwardRule(ns *NodeState) []string {
-	return []string{"-i", ns.Bridge, "-o", ns.Bridge, "-m", "comment", "--comment", serviceRouteComment(ns.Bridge), "-j", "ACCEPT"}
+	return []string{"-i", ns.Bridge, "-o", ns.Bridge, "-m", "comment", "--comment", nodeRuleComment(ns.Bridge), "-j", "ACCEPT"}
 }
 
 // The chains the node's rules go into: table and chain.
 var ruleChains = [][2]string{{"nat", "PREROUTING"}, {"filter", "FORWARD"}}
 
-// addServiceRoute installs the node's two rules, the DNAT for the kubernetes Service and the
+// addNodeRules installs the node's two rules, the DNAT for the kubernetes Service and the
 // bridge's FORWARD accept (after removing any left by an earlier cluster on the same bridge).
-func addServiceRoute(ctx context.Context, ns *NodeState, relay string) error {
-	if err := removeServiceRoutes(ctx, ns.Bridge); err != nil {
+func addNodeRules(ctx context.Context, ns *NodeState, relay string) error {
+	if err := removeNodeRules(ctx, ns.Bridge); err != nil {
 		return err
 	}
 	rule, err := serviceRouteRule(ns, relay)
@@ -160,8 +160,8 @@ func addServiceRoute(ctx context.Context, ns *NodeState, relay string) error {
 	return iptables(ctx, append([]string{"-t", "filter", "-I", "FORWARD"}, bridgeForwardRule(ns)...)...)
 }
 
-// removeServiceRoutes deletes every rule carrying bridge's comment from the node's chains.
-func removeServiceRoutes(ctx context.Context, bridge string) error {
+// removeNodeRules deletes every rule carrying bridge's comment from the node's chains.
+func removeNodeRules(ctx context.Context, bridge string) error {
 	if _, err := exec.LookPath("iptables"); err != nil {
 		return nil // then no rule was ever added
 	}
@@ -175,7 +175,7 @@ func removeServiceRoutes(ctx context.Context, bridge string) error {
 		}
 		prefix := "-A " + chain + " "
 		for _, line := range strings.Split(string(out), "\n") {
-			if !strings.HasPrefix(line, prefix) || !strings.Contains(line, strconv.Quote(serviceRouteComment(bridge))) {
+			if !strings.HasPrefix(line, prefix) || !strings.Contains(line, strconv.Quote(nodeRuleComment(bridge))) {
 				continue
 			}
 			args, err := splitRule(strings.TrimPrefix(line, prefix))

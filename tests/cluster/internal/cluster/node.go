@@ -147,8 +147,8 @@ func (s *supervisor) startRealNode(ctx context.Context, nodeBin string) error {
 	}
 	s.relay = relay
 	ns.APIRelay = relay.Addr()
-	if err := addServiceRoute(ctx, ns, ns.APIRelay); err != nil {
-		return fmt.Errorf("routing the kubernetes Service to the API server: %w", err)
+	if err := addNodeRules(ctx, ns, ns.APIRelay); err != nil {
+		return fmt.Errorf("the real node's iptables rules (kubernetes Service, bridge): %w", err)
 	}
 
 	// containerd.
@@ -683,7 +683,7 @@ func cleanupNodeHost(dir string, ns *NodeState, recorded []proc.Record, log io.W
 		}
 	}
 	if ns.Bridge != "" {
-		if err := removeServiceRoutes(context.Background(), ns.Bridge); err != nil {
+		if err := removeNodeRules(context.Background(), ns.Bridge); err != nil {
 			errs = append(errs, err)
 		}
 	}
