@@ -16,6 +16,7 @@ use deskpod_portal::backend::docker::DockerBackend;
 use deskpod_portal::backend::invite::BackendInviteHook;
 use deskpod_portal::backend::kubernetes::{KubernetesBackend, KubernetesOptions};
 use deskpod_portal::http::desktop::NovncDir;
+use deskpod_portal::http::desktop::verify::{ForwardAuthSettings, ForwardedHeaders, RouteMode};
 use deskpod_portal::{AppState, Config, Keys, PublicUrl, SqliteStore, StaticMemberships};
 
 const ENVIRONMENT_HELP: &str = "\
@@ -86,7 +87,32 @@ struct Cli {
     novnc_dir: PathBuf,
 
     #[command(flatten)]
+    forward_auth: ForwardAuthArgs,
+
+    #[command(flatten)]
     oidc: OidcArgs,
+}
+
+/// What `GET /auth/verify` (forward auth for the desktops' Ingresses) believes about the original
+/// request. Set them as the controller's routing is set: nothing the browser sends changes them.
+#[derive(clap::Args)]
+struct ForwardAuthArgs {
+    /// The controller's `--route-mode`: `host` (the desktop is the host,
+    /// <workspace>.<team>.<domain>) or `path` (the host is the domain and the desktop is the path
+    /// /workspaces/<team>/<workspace>/; dot-segments and encoded separators are refused).
+    #[arg(long, env = "DESKPOD_DESKTOP_ROUTE_MODE", value_enum, default_value_t = RouteMode::Host)]
+    desktop_route_mode: RouteMode,
+
+    /// The controller's `--base-domain`: the domain desktops are served under.
+    #[arg(long, env = "DESKPOD_DESKTOP_BASE_DOMAIN", value_name = "DOMAIN", default_value = "deskpod.localhost")]
+    desktop_base_domain: String,
+
+    /// Which headers tell the original request, as the ingress controller sets them:
+    /// `x-forwarded` (X-Forwarded-Host and X-Forwarded-Uri: Traefik's forwardAuth) or
+    /// `x-original-url` (ingress-nginx's auth-url). The other kind is ignored, since the ingress
+    /// passes it on from the client unchanged.
+    #[arg(long, env = "DESKPOD_FORWARD_AUTH_HEADERS", value_enum, default_value_t = ForwardedHeaders::XForwarded)]
+    forward_auth_headers: ForwardedHeaders,
 }
 
 /// The `--backend` choices.
@@ -134,6 +160,12 @@ async fn main() -> anyhow::Result<()> {
         tracing::warn!(public_url = %public_url.as_str(), "cookies are not Secure: fine for local development only");
     }
     let config = Config { public_url, session_lifetime: cli.session_lifetime };
+    let forward_auth = ForwardAuthSettings::new(
+        cli.forward_auth.desktop_route_mode,
+        &cli.forward_auth.desktop_base_domain,
+        cli.forward_auth.forward_auth_headers,
+    )
+    .map_err(|why| anyhow::anyhow!("--desktop-base-domain: {why}"))?;
 
     let store = SqliteStore::open(&cli.database)
         .await
@@ -212,7 +244,8 @@ async fn main() -> anyhow::Result<()> {
     let listener =
         tokio::net::TcpListener::bind(cli.listen).await.with_context(|| format!("binding {}", cli.listen))?;
     tracing::info!(address = %cli.listen, "portal listening");
-    let app = deskpod_portal::app(state).layer(axum::Extension(NovncDir(cli.novnc_dir)));
+    let app =
+        deskpod_portal::app(state).layer(axum::Extension(NovncDir(cli.novnc_dir))).layer(axum::Extension(forward_auth));
     let serve = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(deskpod_controller::run::terminated())
         .into_future();

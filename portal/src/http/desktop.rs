@@ -31,7 +31,7 @@
 mod kasm;
 pub mod relay;
 pub mod rfb;
-mod verify;
+pub mod verify;
 
 use std::collections::HashMap;
 use std::path::{Component, Path as FsPath, PathBuf};
@@ -527,9 +527,11 @@ async fn kasm_proxy(
 
 /// Forward auth for ingress controllers: 200 when the signed-in user may open the workspace the
 /// original request is for, 401 when not signed in, 403 otherwise (also for requests that name no
-/// workspace).
+/// workspace). Which workspace that is, [`verify::ForwardAuthSettings`] decides (an
+/// [`Extension`] layered by `main`; the controller's defaults without one).
 async fn verify(
     State(state): State<AppState>,
+    settings: Option<Extension<verify::ForwardAuthSettings>>,
     user: Result<CurrentUser, AuthRejection>,
     headers: HeaderMap,
 ) -> Response {
@@ -540,9 +542,13 @@ async fn verify(
         }
         Err(rejection) => return rejection.into_response(),
     };
-    let (host, path) = verify::original_request(&headers);
-    let Some(target) = verify::target(host.as_deref(), path.as_deref()) else {
-        return (StatusCode::FORBIDDEN, "the request names no workspace").into_response();
+    let settings = settings.map(|Extension(settings)| settings).unwrap_or_default();
+    let target = match settings.target(&headers) {
+        Ok(target) => target,
+        Err(why) => {
+            tracing::info!(user = %user.id(), why, "forward auth refused a request that names no workspace");
+            return (StatusCode::FORBIDDEN, "the request names no workspace").into_response();
+        }
     };
     match allowed_workspace(&state, &user, &target.team, &target.name).await {
         Ok(_) => {
