@@ -1,12 +1,14 @@
 //! Who is asking: passwords, JWT sessions, CSRF tokens, the sign-in rate limit, and the
 //! extractors handlers take ([`CurrentUser`], [`SessionForm`], [`PublicForm`], [`RemoteAddr`]).
-//! Sign-in through an OpenID Connect provider, when configured, is in [`oidc`].
+//! Sign-in through an OpenID Connect provider, when configured, is in [`oidc`]; whether a
+//! long-lived connection may go on is re-checked by [`access`].
 //!
 //! One secret of at least 32 bytes signs sessions (HS256) and, through a derived key, CSRF
 //! tokens. It comes from `DESKPOD_JWT_KEY` or is generated on first start and kept in the
 //! database; [`Keys`] never shows it (its `Debug` is redacted) and nothing puts it in a page,
 //! URL or log line.
 
+pub mod access;
 mod csrf;
 mod extract;
 pub mod oidc;

@@ -27,6 +27,11 @@
 //! **Idle culling.** The relay reads what the browser sends with [`rfb::InputParser`]; key and
 //! pointer events (not framebuffer update requests) call [`Backend::record_input`], the first at
 //! once and then at most once a minute per workspace ([`relay::InputClock`]).
+//!
+//! **Access ends, the desktop closes.** A desktop websocket (either profile) is re-checked while
+//! it is open ([`crate::auth::access`]): signing out, a disabled account, a membership removed or
+//! past its `expiresAt`, or the session's own expiry closes it within a second, with a Close frame
+//! saying why.
 
 mod kasm;
 pub mod relay;
@@ -55,6 +60,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use self::relay::{Activity, BrowserSide, InputClock};
 use super::{ErrorPage, Nav, Page};
+use crate::auth::access::Access;
 use crate::auth::{AuthRejection, CurrentUser};
 use crate::authz;
 use crate::backend::{Backend, BackendError, DesktopEndpoint, Phase, Protocol, WorkspaceView};
@@ -328,18 +334,19 @@ async fn websockify(
     let activity =
         Activity::new(state.backend.clone(), clock, team.clone(), name.clone()).with_metrics(state.metrics.clone());
     tracing::info!(user = %user.id(), %team, %name, "opening a desktop");
+    let access = Access::to_workspace(state.clone(), user, &team, &workspace.owner);
     match endpoint.protocol {
         Protocol::Novnc => {
             let (mut desktop, protocol) = connect_websockify(&endpoint, &team, &name, offered).await?;
             relay::authenticate_to_desktop(&mut desktop, endpoint.password.as_deref())
                 .await
                 .map_err(|detail| DesktopError::unreachable(&team, &name, detail))?;
-            relay::spawn_relay(on_upgrade, desktop, BrowserSide::GreetWithoutSecurity, activity);
+            relay::spawn_relay(on_upgrade, desktop, BrowserSide::GreetWithoutSecurity, activity, access);
             Ok(relay::switching_protocols(&key, protocol))
         }
         Protocol::Kasm => {
             let (desktop, protocol) = connect_kasm_websocket(&endpoint, "/websockify", &team, &name, offered).await?;
-            relay::spawn_relay(on_upgrade, desktop, BrowserSide::PassThrough, activity);
+            relay::spawn_relay(on_upgrade, desktop, BrowserSide::PassThrough, activity, access);
             Ok(relay::switching_protocols(&key, protocol))
         }
     }
@@ -474,8 +481,9 @@ async fn kasm_proxy(
         let offered = request.headers().get(SEC_WEBSOCKET_PROTOCOL).cloned();
         let on_upgrade = hyper::upgrade::on(&mut request);
         let (desktop, protocol) = connect_kasm_websocket(&endpoint, &path_and_query, &team, &name, offered).await?;
+        let access = Access::to_workspace(state.clone(), user, &team, &workspace.owner);
         let activity = Activity::new(state.backend.clone(), clock, team, name).with_metrics(state.metrics.clone());
-        relay::spawn_relay(on_upgrade, desktop, BrowserSide::PassThrough, activity);
+        relay::spawn_relay(on_upgrade, desktop, BrowserSide::PassThrough, activity, access);
         return Ok(relay::switching_protocols(&key, protocol));
     }
 

@@ -18,9 +18,12 @@
 //! - a comment (`:heartbeat`) every [`HEARTBEAT_EVERY`], so proxies keep the connection open and
 //!   a client that vanished without closing is noticed.
 //!
-//! The stream checks every [`RECHECK_EVERY`] that the session (or API token) still works, and ends
-//! when it does not (signed out, disabled, expired) or when the client goes: the response body is
-//! dropped, and with it the connection's interest in the feed.
+//! The stream checks every [`RECHECK_EVERY`] (and when the session expires) that the session (or
+//! API token) still works and its account is active ([`crate::auth::access`]), whether rounds
+//! arrive or not, and ends when it does not (signed out, disabled, expired). A membership that
+//! ends or expires does not end the stream (it covers every team of the user); the next round
+//! sends `removed` for that team's workspaces instead. The stream also ends when the client goes:
+//! the response body is dropped, and with it the connection's interest in the feed.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::convert::Infallible;
@@ -34,6 +37,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::Stream;
+use futures::future::BoxFuture;
 use jiff::Timestamp;
 use serde::Serialize;
 use serde_json::Value;
@@ -42,8 +46,9 @@ use tracing::Instrument;
 
 use super::api::workspaces::WorkspaceJson;
 use super::workspaces::own_workspace_teams;
-use crate::auth::{Auth, CurrentUser};
-use crate::authz::account_is_active;
+pub use crate::auth::access::RECHECK_EVERY;
+use crate::auth::CurrentUser;
+use crate::auth::access::{Access, AccessEnded};
 use crate::backend::{Backend, WorkspaceView};
 use crate::error::Result;
 use crate::state::AppState;
@@ -53,8 +58,6 @@ use crate::token::Scope;
 pub const POLL_EVERY: Duration = Duration::from_millis(500);
 /// How often an idle stream sends a heartbeat comment.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(15);
-/// How often a stream checks that its session or token still works.
-pub const RECHECK_EVERY: Duration = Duration::from_secs(10);
 
 /// The route, under `/api/v1`, with the feed its connections share.
 pub fn router() -> Router<AppState> {
@@ -299,15 +302,16 @@ struct Connection {
     sent: BTreeMap<Key, Value>,
     /// Events computed but not yet sent.
     pending: VecDeque<Event>,
-    checked_at: tokio::time::Instant,
+    /// Resolves when the session or token stops working.
+    access_ended: BoxFuture<'static, AccessEnded>,
     span: tracing::Span,
 }
 
 impl Connection {
     fn new(state: AppState, user: CurrentUser, subscription: Subscription) -> Self {
-        let checked_at = tokio::time::Instant::now();
         let span = tracing::info_span!("workspace_events", user = %user.id());
-        Self { state, user, subscription, sent: BTreeMap::new(), pending: VecDeque::new(), checked_at, span }
+        let access_ended = Box::pin(Access::signed_in(state.clone(), user.clone()).ended());
+        Self { state, user, subscription, sent: BTreeMap::new(), pending: VecDeque::new(), access_ended, span }
     }
 
     fn into_stream(self) -> impl Stream<Item = std::result::Result<Event, Infallible>> + Send {
@@ -337,44 +341,19 @@ impl Connection {
             if let Some(teams) = &teams {
                 self.subscription.watch_teams(teams.clone());
             }
-            let round = self.subscription.next_round().await?;
-            if self.checked_at.elapsed() >= RECHECK_EVERY {
-                if !still_allowed(&self.state, &self.user, Timestamp::now()).await {
-                    tracing::info!("the session ended; closing the stream");
+            let round = tokio::select! {
+                round = self.subscription.next_round() => round?,
+                ended = &mut self.access_ended => {
+                    tracing::info!(reason = ended.reason(), "access ended; closing the stream");
                     return None;
                 }
-                self.checked_at = tokio::time::Instant::now();
-            }
+            };
             let teams = teams.unwrap_or_else(|| self.subscription.teams.clone());
             let now_visible = visible(&round, &teams, self.user.id(), &self.sent);
             self.pending.extend(changes(&self.sent, &now_visible).iter().map(Change::event));
             self.sent = now_visible;
         }
     }
-}
-
-/// Whether the stream's session (or API token) still works: not signed out or revoked, not
-/// expired, and its account still active. A store failure keeps the stream (logged).
-async fn still_allowed(state: &AppState, user: &CurrentUser, now: Timestamp) -> bool {
-    let checked: Result<bool> = async {
-        let Some(account) = state.store.user(user.id()).await? else { return Ok(false) };
-        if !account_is_active(&account, now) {
-            return Ok(false);
-        }
-        Ok(match &user.auth {
-            Auth::Session { claims, .. } => {
-                now < claims.expires_at() && !state.store.is_session_revoked(&claims.jti).await?
-            }
-            Auth::Token(token) => {
-                state.store.tokens_of(user.id()).await?.iter().any(|t| t.id == token.id && t.is_usable_at(now))
-            }
-        })
-    }
-    .await;
-    checked.unwrap_or_else(|error| {
-        tracing::warn!(%error, "could not re-check the session; keeping the stream");
-        true
-    })
 }
 
 #[cfg(test)]

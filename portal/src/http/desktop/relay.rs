@@ -5,8 +5,13 @@
 //! Messages pass through as they are: a binary frame read from one side is the same [`Message`]
 //! (its payload a shared `Bytes`) written to the other, flushed when the reading side has nothing
 //! more ready. Pings are answered by each hop itself; a close on either side closes both.
+//!
+//! While it relays, the connection's [`Access`] is re-checked ([`Access::ended`]); when it ends
+//! (signed out, account disabled, membership ended or expired, session expired) the browser gets a
+//! Close frame with the reason (code 1008) and both sides are closed.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,12 +25,14 @@ use jiff::Timestamp;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tracing::Instrument;
 
 use super::DesktopError;
 use super::rfb::{self, InputParser};
+use crate::auth::access::{Access, AccessEnded};
 use crate::backend::Backend;
 use crate::metrics::Metrics;
 
@@ -168,12 +175,19 @@ pub enum BrowserSide {
     PassThrough,
 }
 
-/// Completes the browser's upgrade and relays between it and `desktop` until either side closes.
-pub fn spawn_relay<U>(on_upgrade: OnUpgrade, desktop: WebSocketStream<U>, side: BrowserSide, activity: Activity)
-where
+/// Completes the browser's upgrade and relays between it and `desktop` until either side closes
+/// or `access` ends.
+pub fn spawn_relay<U>(
+    on_upgrade: OnUpgrade,
+    desktop: WebSocketStream<U>,
+    side: BrowserSide,
+    activity: Activity,
+    access: Access,
+) where
     U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let span = tracing::info_span!("desktop_relay", team = %activity.team, name = %activity.name);
+    let span =
+        tracing::info_span!("desktop_relay", user = %access.user_id(), team = %activity.team, name = %activity.name);
     tokio::spawn(
         async move {
             let upgraded = match on_upgrade.await {
@@ -202,8 +216,11 @@ where
                 }
             };
             tracing::info!("desktop connected");
-            let outcome = relay(browser, desktop, parser, activity).await;
-            tracing::info!(?outcome, "desktop disconnected");
+            let outcome = relay_until(browser, desktop, parser, activity, access.ended()).await;
+            match outcome {
+                Ended::Access(ended) => tracing::info!(reason = ended.reason(), "access ended; desktop closed"),
+                outcome => tracing::info!(?outcome, "desktop disconnected"),
+            }
         }
         .instrument(span),
     );
@@ -215,15 +232,28 @@ pub enum Ended {
     Browser,
     Desktop,
     Error(String),
+    /// The user's access ended; the browser was sent a Close frame saying why.
+    Access(AccessEnded),
 }
 
 /// Relays messages both ways until one side closes, then closes the other. Binary messages
 /// from the browser are read by `parser` for user input.
-pub async fn relay<B, U>(
+pub async fn relay<B, U>(browser: WebSocketStream<B>, desktop: WebSocketStream<U>, parser: InputParser, activity: Activity) -> Ended
+where
+    B: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    relay_until(browser, desktop, parser, activity, std::future::pending()).await
+}
+
+/// [`relay`], until `access_ended` resolves too: then the browser is sent a Close frame with its
+/// reason, and both sides are closed.
+pub async fn relay_until<B, U>(
     browser: WebSocketStream<B>,
     desktop: WebSocketStream<U>,
     mut parser: InputParser,
     mut activity: Activity,
+    access_ended: impl Future<Output = AccessEnded>,
 ) -> Ended
 where
     B: AsyncRead + AsyncWrite + Unpin,
@@ -261,9 +291,14 @@ where
     let ended = tokio::select! {
         result = upstream => result.map_or_else(|e| Ended::Error(e.to_string()), |()| Ended::Browser),
         result = downstream => result.map_or_else(|e| Ended::Error(e.to_string()), |()| Ended::Desktop),
+        ended = access_ended => Ended::Access(ended),
     };
     // Whichever side is still open is told, briefly; then both connections are dropped.
     let close = async {
+        if let Ended::Access(ended) = &ended {
+            let frame = CloseFrame { code: CloseCode::from(ended.close_code()), reason: ended.reason().into() };
+            let _ = to_browser.send(Message::Close(Some(frame))).await;
+        }
         let _ = to_browser.close().await;
         let _ = to_desktop.close().await;
     };
