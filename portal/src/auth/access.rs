@@ -247,7 +247,11 @@ mod tests {
     #[case::session_expired_this_second(Some(account(false, None)), session(false, 0), Err(AccessEnded::Expired))]
     #[case::expired_wins_over_signed_out(Some(account(false, None)), session(true, -1), Err(AccessEnded::Expired))]
     #[case::disabled(Some(account(true, None)), session(false, 60), Err(AccessEnded::AccountInactive))]
-    #[case::contractor_account_ended(Some(account(false, Some(0))), session(false, 60), Err(AccessEnded::AccountInactive))]
+    #[case::contractor_account_ended(
+        Some(account(false, Some(0))),
+        session(false, 60),
+        Err(AccessEnded::AccountInactive)
+    )]
     #[case::deleted(None, session(false, 60), Err(AccessEnded::AccountInactive))]
     #[case::token_usable(Some(account(false, None)), Credential::Token { usable: true }, Ok(()))]
     #[case::token_revoked(Some(account(false, None)), Credential::Token { usable: false }, Err(AccessEnded::SignedOut))]

@@ -46,8 +46,8 @@ use tracing::Instrument;
 
 use super::api::workspaces::WorkspaceJson;
 use super::workspaces::own_workspace_teams;
-pub use crate::auth::access::RECHECK_EVERY;
 use crate::auth::CurrentUser;
+pub use crate::auth::access::RECHECK_EVERY;
 use crate::auth::access::{Access, AccessEnded};
 use crate::backend::{Backend, WorkspaceView};
 use crate::error::Result;

@@ -238,7 +238,12 @@ pub enum Ended {
 
 /// Relays messages both ways until one side closes, then closes the other. Binary messages
 /// from the browser are read by `parser` for user input.
-pub async fn relay<B, U>(browser: WebSocketStream<B>, desktop: WebSocketStream<U>, parser: InputParser, activity: Activity) -> Ended
+pub async fn relay<B, U>(
+    browser: WebSocketStream<B>,
+    desktop: WebSocketStream<U>,
+    parser: InputParser,
+    activity: Activity,
+) -> Ended
 where
     B: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
