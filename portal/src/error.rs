@@ -40,6 +40,12 @@ pub enum Error {
     /// The body is not of a type this endpoint reads (415).
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// The request body is larger than the route reads (413).
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// The request body did not arrive in time (408).
+    #[error("{0}")]
+    RequestTimeout(String),
     /// Too many failed attempts (429).
     #[error("{0}")]
     TooManyRequests(String),
@@ -91,6 +97,22 @@ impl Error {
         Self::InvalidInput { field: None, message: message.into() }
     }
 
+    /// Why a request body of at most `limit` bytes could not be read: 413 when it is larger, 408
+    /// when it came too slowly ([`crate::serve::BodyTimeout`]), otherwise a 400 that it was cut off.
+    pub fn unreadable_body(error: &(dyn std::error::Error + 'static), limit: usize) -> Self {
+        let mut cause = Some(error);
+        while let Some(current) = cause {
+            if current.is::<http_body_util::LengthLimitError>() {
+                return Self::PayloadTooLarge(format!("The body is larger than the {limit} bytes this accepts."));
+            }
+            if let Some(timeout) = current.downcast_ref::<crate::serve::BodyTimeout>() {
+                return Self::RequestTimeout(format!("{timeout}; send it again."));
+            }
+            cause = current.source();
+        }
+        Self::bad_request("The body was cut off before its end.")
+    }
+
     /// The HTTP status this error answers with.
     pub fn status(&self) -> StatusCode {
         match self {
@@ -101,6 +123,8 @@ impl Error {
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::Gone(_) => StatusCode::GONE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::BackendUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::IdentityProvider(_) => StatusCode::BAD_GATEWAY,

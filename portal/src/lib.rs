@@ -42,6 +42,7 @@ pub mod invite;
 pub mod membership;
 pub mod metrics;
 pub mod random;
+pub mod serve;
 pub mod state;
 pub mod store;
 pub mod token;

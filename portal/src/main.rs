@@ -1,7 +1,6 @@
 //! `deskpod-portal`: serves the Deskpod web portal.
 #![forbid(unsafe_code)]
 
-use std::future::IntoFuture;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,6 +16,7 @@ use deskpod_portal::backend::invite::BackendInviteHook;
 use deskpod_portal::backend::kubernetes::{KubernetesBackend, KubernetesOptions};
 use deskpod_portal::http::desktop::NovncDir;
 use deskpod_portal::http::desktop::verify::{ForwardAuthSettings, ForwardedHeaders, RouteMode};
+use deskpod_portal::serve::Limits;
 use deskpod_portal::{AppState, Config, Keys, PublicUrl, SqliteStore, StaticMemberships};
 
 const ENVIRONMENT_HELP: &str = "\
@@ -246,13 +246,11 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(address = %cli.listen, "portal listening");
     let app =
         deskpod_portal::app(state).layer(axum::Extension(NovncDir(cli.novnc_dir))).layer(axum::Extension(forward_auth));
-    let serve = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(deskpod_controller::run::terminated())
-        .into_future();
+    let serve = deskpod_portal::serve::serve(listener, app, Limits::default(), deskpod_controller::run::terminated());
     // Open desktops and event streams never end by themselves: after the signal, requests in
     // flight get a few seconds, then the portal exits anyway (browsers reconnect to the next one).
     tokio::select! {
-        served = serve => served?,
+        () = serve => {}
         () = async {
             deskpod_controller::run::terminated().await;
             tokio::time::sleep(SHUTDOWN_GRACE).await;

@@ -270,9 +270,7 @@ async fn read_form<T: DeserializeOwned>(
     keys: &super::Keys,
     binding: CsrfBinding<'_>,
 ) -> Result<T, Error> {
-    let bytes = axum::body::to_bytes(body, FORM_LIMIT)
-        .await
-        .map_err(|_| Error::bad_request("The form is too large or was cut off."))?;
+    let bytes = axum::body::to_bytes(body, FORM_LIMIT).await.map_err(|e| Error::unreadable_body(&e, FORM_LIMIT))?;
     let presented = serde_urlencoded::from_bytes::<CsrfField>(&bytes).ok().and_then(|field| field.csrf);
     if !presented.is_some_and(|token| keys.verify_csrf(binding, &token)) {
         return Err(Error::Forbidden(CSRF_FORM_MESSAGE.into()));

@@ -19,8 +19,12 @@ mod signin;
 pub(crate) mod workspaces;
 
 use askama::Template;
-use axum::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, REFERRER_POLICY, SET_COOKIE};
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::header::{
+    CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_SECURITY_POLICY, CONTENT_TYPE, REFERRER_POLICY, SET_COOKIE,
+};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{AppendHeaders, Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::{Json, Router, middleware};
@@ -46,9 +50,32 @@ pub fn app(state: AppState) -> Router {
         .merge(admin::router())
         .merge(admin_teams::router())
         .merge(admin_templates::router())
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn(refuse_oversized_bodies))
         .layer(middleware::map_response(security_headers))
         .layer(middleware::from_fn_with_state(state.metrics.clone(), crate::metrics::track_requests))
         .with_state(state)
+}
+
+/// The largest request body any route reads (forms read at most 64 KiB of it). Bodies stream
+/// through [`crate::serve`], which also bounds how long they may take.
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// A request that declares a body over [`MAX_BODY`] is answered 413 at once, before a byte of
+/// it is read (the client may be about to send gigabytes, or nothing at all).
+async fn refuse_oversized_bodies(request: Request, next: Next) -> Response {
+    let declared = request.headers().get(CONTENT_LENGTH).and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > MAX_BODY as u64 => {
+            let error =
+                Error::PayloadTooLarge(format!("The body is larger than the {MAX_BODY} bytes the portal accepts."));
+            let mut response = error.into_response();
+            // The unread body stays on the connection: close it rather than read it.
+            response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+            response
+        }
+        _ => next.run(request).await,
+    }
 }
 
 /// What `GET /healthz` answers.
@@ -69,11 +96,14 @@ async fn stylesheet() -> impl IntoResponse {
     )
 }
 
-/// Headers every response gets unless its handler set them: no framing, no MIME sniffing, no
-/// referrer (invite links carry their token in the path), and only the portal's own resources.
+/// Headers every response gets unless its handler set them: no caching (pages and API answers
+/// carry CSRF tokens, invite links, names; only static assets say otherwise), no framing, no
+/// MIME sniffing, no referrer (invite links carry their token in the path), and only the
+/// portal's own resources.
 async fn security_headers(mut response: Response) -> Response {
     let headers = response.headers_mut();
-    let defaults: [(HeaderName, &str); 4] = [
+    let defaults: [(HeaderName, &str); 5] = [
+        (CACHE_CONTROL, "no-store"),
         (HeaderName::from_static("x-content-type-options"), "nosniff"),
         (HeaderName::from_static("x-frame-options"), "DENY"),
         (REFERRER_POLICY, "no-referrer"),

@@ -130,7 +130,7 @@ impl Browser {
         Self { cookies: BTreeMap::new(), addr: addr.parse().unwrap() }
     }
 
-    fn cookie_header(&self) -> String {
+    pub fn cookie_header(&self) -> String {
         self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ")
     }
 

@@ -68,6 +68,10 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
             Err(JsonRejection::JsonDataError(e)) => {
                 Err(Error::bad_request(format!("the body has the wrong fields: {}", source_text(&e.body_text()))))
             }
+            Err(JsonRejection::BytesRejection(unread)) if unread.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(
+                Error::PayloadTooLarge(format!("The body is larger than the {} bytes this accepts.", super::MAX_BODY)),
+            ),
+            Err(JsonRejection::BytesRejection(unread)) => Err(Error::unreadable_body(&unread, super::MAX_BODY)),
             Err(other) => Err(Error::bad_request(other.body_text())),
         }
     }
