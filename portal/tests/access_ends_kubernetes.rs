@@ -1,9 +1,10 @@
 //! A desktop connection does not outlive the right to it (issue #24), on the Kubernetes backend,
 //! against the real test cluster and the real controllers: an open desktop websocket and an open
 //! workspace event stream close within two seconds of sign-out, a disabled account, a membership
-//! removed from the Team, a contractor's membership expiring and the session's own expiry, and
-//! stay open while nothing changes (the scenario of `access_common`, which `access_ends.rs` runs
-//! on the other backends).
+//! removed from the Team, a contractor's membership expiring, the session's own expiry and a
+//! contractor's account ending, and stay open while nothing changes (the scenario of
+//! `access_common`, which `access_ends.rs` runs on the other backends). For a membership that
+//! ends, the stream, which covers all the user's teams, stays and drops the workspace instead.
 //!
 //! Memberships are changed as a platform admin does, through `PUT /api/v1/admin/teams/{team}`:
 //! the portal writes the Team object and sees the change through its watch cache of Teams, so the
@@ -61,6 +62,6 @@ async fn on_the_kubernetes_backend_every_way_access_ends_closes_the_desktop_and_
         members,
     })
     .await;
-    assert_eq!(latencies.len(), 5);
+    assert_eq!(latencies.len(), 6);
     f.delete().await;
 }

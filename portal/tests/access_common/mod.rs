@@ -1,9 +1,12 @@
 //! What the "access ends, the connection closes" tests share, whatever the backend: a desktop
 //! websocket and a workspace event stream opened through the portal, each watched by a task that
 //! notes when it closed, and [`every_way_access_ends`], the scenario every backend runs: sign-out,
-//! a disabled account, a membership removed, a contractor's membership expiring and the session's
-//! own expiry each close the connections within [`CLOSED_WITHIN`], and nothing closes while nothing
-//! changes. Use with `mod common; mod desktop_common; mod access_common;`.
+//! a disabled account, a membership removed, a contractor's membership expiring, the session's
+//! own expiry and a contractor's account ending each close the connections within
+//! [`CLOSED_WITHIN`] (measured from the change, or from the expiry), and nothing closes while
+//! nothing changes. The event stream covers every team of its user, so a membership that ends
+//! does not end it: the workspace leaves it (a `removed` event) within the same bound instead.
+//! Use with `mod common; mod desktop_common; mod access_common;`.
 #![allow(dead_code)] // each test binary uses a part
 
 use std::net::SocketAddr;
@@ -12,9 +15,10 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderValue, Method, Request, StatusCode, header};
+use deskpod_portal::store::{InviteAccount, InviteRole, NewInvite};
 use deskpod_portal::{AppState, TeamRole};
 use futures::{SinkExt, StreamExt};
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -379,6 +383,48 @@ fn instant_of(at: Timestamp) -> Instant {
     Instant::now() + Duration::try_from(Timestamp::now().duration_until(at)).unwrap_or_default()
 }
 
+/// Polls `open` for [`STEADY`] and fails as soon as it is false: `what` stayed open while
+/// nothing changed (several re-checks passed).
+pub async fn stays_open(what: &str, open: impl Fn() -> bool) {
+    let until = Instant::now() + STEADY;
+    while Instant::now() < until {
+        assert!(open(), "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(open(), "{what}");
+}
+
+/// How far ahead a test sets an expiry: time enough to open the connections first (on Docker
+/// and Kubernetes a membership change goes through the admin API and the backend).
+const EXPIRES_IN: i64 = 8;
+
+/// An expiry [`EXPIRES_IN`] seconds from now, on a whole second (as the Team's `expiresAt` is).
+fn soon() -> Timestamp {
+    Timestamp::from_second(Timestamp::now().as_second() + EXPIRES_IN).unwrap()
+}
+
+/// Sets the account's end to `until` as accepting a contractor invite does (the store's
+/// `InviteAccount::Existing`).
+async fn end_account_at(portal: &Portal, user: &str, until: Timestamp) {
+    let now = Timestamp::now();
+    let id = format!("access-ends-{}", until.as_second());
+    let invite = NewInvite {
+        id: id.clone(),
+        token_hash: [7; 32],
+        email: user.into(),
+        team: "unused".into(),
+        role: InviteRole::Contractor,
+        template: None,
+        access_expires_at: Some(until),
+        link_expires_at: now + SignedDuration::from_secs(600),
+        created_by: "test".into(),
+    };
+    portal.store().create_invite(invite).await.unwrap();
+    let account = InviteAccount::Existing { user_id: user.into(), expires_at: Some(until) };
+    let user = portal.store().redeem_invite(id, now, account).await.unwrap();
+    assert_eq!(user.expires_at, Some(until));
+}
+
 /// Every way access ends, in turn, each closing the connections it should within
 /// [`CLOSED_WITHIN`] and leaving the others open.
 pub async fn every_way_access_ends(s: Setup<'_>) -> Vec<Latency> {
@@ -392,9 +438,8 @@ pub async fn every_way_access_ends(s: Setup<'_>) -> Vec<Latency> {
     let (d2, e2) = (s.desktop(&cookie_of(&second)).await, s.events(&cookie_of(&second)).await);
 
     // While nothing changes, nothing closes (the re-checks pass).
-    tokio::time::sleep(STEADY).await;
-    assert!(d1.is_open() && d2.is_open(), "a desktop closed while nothing changed");
-    assert!(e1.is_open() && e2.is_open(), "an event stream ended while nothing changed");
+    let all_open = || d1.is_open() && d2.is_open() && e1.is_open() && e2.is_open();
+    stays_open("a connection closed while nothing changed", all_open).await;
 
     // Sign-out ends that session's connections, not the other session's.
     let csrf = first.session_csrf(portal).await;
@@ -404,8 +449,8 @@ pub async fn every_way_access_ends(s: Setup<'_>) -> Vec<Latency> {
     let desktop = d1.closed_since(since, "signed out", "sign-out").await;
     let stream = e1.ended_since(since, "sign-out").await;
     latencies.push(Latency { case: "sign-out", desktop, stream });
-    tokio::time::sleep(STEADY).await;
-    assert!(d2.is_open() && e2.is_open(), "signing one session out closed another session's connections");
+    let others_open = || d2.is_open() && e2.is_open();
+    stays_open("signing one session out closed another session's connections", others_open).await;
 
     // Disabling the account ends every session's connections.
     let since = Instant::now();
@@ -427,25 +472,29 @@ pub async fn every_way_access_ends(s: Setup<'_>) -> Vec<Latency> {
         e3.event_about("removed", &s.workspace, since, since + CLOSED_WITHIN, "membership removed").await - since;
     latencies.push(Latency { case: "membership removed", desktop, stream: removed });
     assert!(e3.is_open(), "the stream goes on for the user's other teams");
+    let refused = Desktop::open(&s.desktop_url, &cookie, &s.origin).await.err();
+    assert_eq!(refused, Some(StatusCode::FORBIDDEN), "a removed member opened the desktop again");
 
     // A contractor's membership expires: the desktop closes at its expiresAt, not before.
-    let until = Timestamp::from_second(Timestamp::now().as_second() + 5).unwrap();
+    let until = soon();
     let rejoined = Instant::now();
     s.members.set(portal, &s.team, &s.user, Some(Some(until))).await;
     s.shows_workspace(&e3, rejoined).await;
     let d4 = s.desktop(&cookie).await;
     let expiry = instant_of(until);
+    assert!(Instant::now() + Duration::from_secs(1) < expiry, "setting up took too long to test the expiry");
     tokio::time::sleep_until(expiry - Duration::from_millis(300)).await;
     assert!(d4.is_open(), "the contractor's desktop closed before the membership expired");
-    let desktop = d4.closed_since(expiry, "no longer allowed", "contractor expired").await;
+    let desktop = d4.closed_since(expiry, "no longer allowed", "contractor membership expired").await;
     let removed =
-        e3.event_about("removed", &s.workspace, expiry, expiry + CLOSED_WITHIN, "contractor expired").await - expiry;
-    latencies.push(Latency { case: "contractor expired", desktop, stream: removed });
+        e3.event_about("removed", &s.workspace, expiry, expiry + CLOSED_WITHIN, "contractor membership expired").await
+            - expiry;
+    latencies.push(Latency { case: "contractor membership expired", desktop, stream: removed });
     assert!(e3.is_open(), "the stream goes on for the user's other teams");
     s.members.set(portal, &s.team, &s.user, Some(None)).await;
 
     // The session's own expiry: a session issued for a few seconds.
-    let lifetime = Duration::from_secs(5);
+    let lifetime = Duration::from_secs(EXPIRES_IN as u64);
     let (token, claims) =
         deskpod_portal::auth::session::issue(&portal.state.keys, lifetime, &s.user, Timestamp::now()).unwrap();
     let cookie = format!("deskpod_session={token}");
@@ -456,6 +505,20 @@ pub async fn every_way_access_ends(s: Setup<'_>) -> Vec<Latency> {
     let desktop = d5.closed_since(expiry, "expired", "session expired").await;
     let stream = e5.ended_since(expiry, "session expired").await;
     latencies.push(Latency { case: "session expired", desktop, stream });
+
+    // A contractor's account ends (as set when they accept a contractor invite): every session
+    // of the account loses its connections at that moment, not before.
+    let fourth = Browser::signed_in(portal, &s.user).await;
+    let cookie = cookie_of(&fourth);
+    let (d6, e6) = (s.desktop(&cookie).await, s.events(&cookie).await);
+    let until = soon();
+    end_account_at(portal, &s.user, until).await;
+    let expiry = instant_of(until);
+    tokio::time::sleep_until(expiry - Duration::from_millis(300)).await;
+    assert!(d6.is_open() && e6.is_open(), "closed before the contractor's account ended");
+    let desktop = d6.closed_since(expiry, "disabled", "contractor account ended").await;
+    let stream = e6.ended_since(expiry, "contractor account ended").await;
+    latencies.push(Latency { case: "contractor account ended", desktop, stream });
 
     for Latency { case, desktop, stream } in &latencies {
         println!(
