@@ -112,8 +112,17 @@ impl Backend for TestBackend {
         let found = self.teams.lock().unwrap().get(team).cloned();
         Box::pin(std::future::ready(Ok(found)))
     }
-    fn workspaces<'a>(&'a self, _: &'a str, _: Option<&'a str>) -> BoxFuture<'a, BackendResult<Vec<WorkspaceView>>> {
-        unused()
+    fn workspaces<'a>(
+        &'a self,
+        team: &'a str,
+        owner: Option<&'a str>,
+    ) -> BoxFuture<'a, BackendResult<Vec<WorkspaceView>>> {
+        let mut found: Vec<WorkspaceView> = (self.workspaces.lock().unwrap().values())
+            .map(|(view, _)| view.clone())
+            .filter(|view| view.team == team && owner.is_none_or(|owner| view.owner == owner))
+            .collect();
+        found.sort_by(|a, b| a.name.cmp(&b.name));
+        Box::pin(std::future::ready(Ok(found)))
     }
     fn workspace<'a>(&'a self, team: &'a str, name: &'a str) -> BoxFuture<'a, BackendResult<Option<WorkspaceView>>> {
         let found = self.workspaces.lock().unwrap().get(&(team.into(), name.into())).map(|(view, _)| view.clone());
