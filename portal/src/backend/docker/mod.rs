@@ -120,6 +120,14 @@ struct Observed {
     ip: Option<IpAddr>,
 }
 
+/// A container of this portal, desktop or CI agent, as listed.
+struct TeamContainer {
+    team: String,
+    id: String,
+    /// The id of the team network it is attached to (stopped containers keep theirs), if any.
+    network_id: Option<String>,
+}
+
 impl DockerBackend {
     /// A backend on `docker`, keeping its records in `store`'s database; starts the reconciler.
     /// The database's instance id (made on first use) names and labels what this portal
@@ -606,18 +614,17 @@ impl Inner {
     /// Docker cannot change a network's options, so a network made the old way (its containers
     /// reach each other) is replaced: its containers are disconnected, it is removed and made
     /// anew, and they are connected again, still running, their homes untouched; only their
-    /// addresses change. Containers of the team found on no network (a replacement that an earlier
-    /// portal could not finish) are connected too, so a restart converges.
+    /// addresses change. Containers of the team not attached to it (left by a replacement an
+    /// earlier portal could not finish, or stopped ones still naming the old network) are
+    /// connected too, so a restart converges.
     async fn ensure_network(&self, team: &str) -> BackendResult<()> {
         let mut known = self.networks.lock().await;
         if known.contains(team) {
             return Ok(());
         }
         let network = self.names.network(team);
-        let attached: HashSet<String> = match self.docker.inspect_network(&network, None).await {
-            Ok(found) if container::isolates(found.options.as_ref()) => {
-                found.containers.unwrap_or_default().into_keys().collect()
-            }
+        let current = match self.docker.inspect_network(&network, None).await {
+            Ok(found) if container::isolates(found.options.as_ref()) => found.id.unwrap_or_default(),
             Ok(found) => {
                 tracing::info!(%team, %network, "replacing a team network whose containers reach each other");
                 for id in found.containers.unwrap_or_default().into_keys() {
@@ -633,20 +640,17 @@ impl Inner {
                     Err(e) if is_status(&e, 404) => {}
                     Err(e) => return Err(docker_failed("removing the old team network", e)),
                 }
-                self.create_network(team).await?;
-                HashSet::new()
+                self.create_network(team).await?
             }
-            Err(e) if is_status(&e, 404) => {
-                self.create_network(team).await?;
-                HashSet::new()
-            }
+            Err(e) if is_status(&e, 404) => self.create_network(team).await?,
             Err(e) => return Err(docker_failed("looking up the team network", e)),
         };
         let mut all_connected = true;
-        for id in self.team_containers(Some(team)).await?.into_iter().map(|(_, id)| id) {
-            if attached.contains(&id) {
+        for member in self.team_containers(Some(team)).await? {
+            if member.network_id.as_deref() == Some(current.as_str()) {
                 continue;
             }
+            let id = member.id;
             if let Err(error) = self.connect(&network, &id).await {
                 // Looked at again on the next call (the reconciler's next pass at the latest).
                 tracing::warn!(%team, container = %id, %error, "could not connect a container to its team network");
@@ -675,17 +679,17 @@ impl Inner {
         self.docker.connect_network(network, connect()).await
     }
 
-    async fn create_network(&self, team: &str) -> BackendResult<()> {
+    /// Creates the team's network; its id.
+    async fn create_network(&self, team: &str) -> BackendResult<String> {
         self.docker
             .create_network(container::network(&self.names, team))
             .await
-            .map(drop)
+            .map(|created| created.id)
             .map_err(|e| docker_failed("creating the team network", e))
     }
 
-    /// (team, container id) of every container of this portal (desktops and CI agents), of one
-    /// team or all.
-    async fn team_containers(&self, team: Option<&str>) -> BackendResult<Vec<(String, String)>> {
+    /// Every container of this portal (desktops and CI agents), of one team or all.
+    async fn team_containers(&self, team: Option<&str>) -> BackendResult<Vec<TeamContainer>> {
         let mut labels = vec![format!("{}={}", container::INSTANCE_LABEL, self.names.instance())];
         if let Some(team) = team {
             labels.push(format!("{}={team}", container::TEAM_LABEL));
@@ -699,7 +703,15 @@ impl Inner {
             self.docker.list_containers(Some(options)).await.map_err(|e| docker_failed("listing containers", e))?;
         Ok(listed
             .into_iter()
-            .filter_map(|summary| Some((summary.labels?.remove(container::TEAM_LABEL)?, summary.id?)))
+            .filter_map(|summary| {
+                let team = summary.labels?.remove(container::TEAM_LABEL)?;
+                let network_id = summary
+                    .network_settings
+                    .and_then(|n| n.networks)
+                    .and_then(|mut n| n.remove(&self.names.network(&team)))
+                    .and_then(|e| e.network_id);
+                Some(TeamContainer { team, id: summary.id?, network_id })
+            })
             .collect())
     }
 
@@ -793,12 +805,13 @@ impl Inner {
             Ok(rows) => rows,
             Err(error) => return tracing::warn!(%error, "reconciler: reading workspaces failed"),
         };
+        // First, so that the addresses listed next are those on the team networks as they stay.
+        self.ensure_networks().await;
         let containers = match self.containers(None).await {
             Ok(containers) => containers,
             Err(error) => return tracing::warn!(%error, "reconciler: listing containers failed"),
         };
         let known: HashSet<(String, String)> = rows.iter().map(|r| (r.team.clone(), r.name.clone())).collect();
-        self.ensure_networks().await;
         for row in &rows {
             let key = (row.team.clone(), row.name.clone());
             let container = containers.get(&key);
@@ -846,7 +859,7 @@ impl Inner {
     /// a desktop or agent.
     async fn ensure_networks(&self) {
         let teams: BTreeSet<String> = match self.team_containers(None).await {
-            Ok(containers) => containers.into_iter().map(|(team, _)| team).collect(),
+            Ok(containers) => containers.into_iter().map(|c| c.team).collect(),
             Err(error) => return tracing::warn!(%error, "reconciler: listing containers failed"),
         };
         for team in teams {
