@@ -28,6 +28,9 @@ pub const TEAM_LABEL: &str = "deskpod.io/team";
 pub const AGENT_LABEL: &str = "deskpod.io/agent";
 /// The workspace a container or volume belongs to.
 pub const WORKSPACE_LABEL: &str = "deskpod.io/workspace";
+/// The bridge driver's option that lets containers on one bridge talk to each other; a team
+/// network sets it to `false` (see [`network`]).
+pub const ICC_OPTION: &str = "com.docker.network.bridge.enable_icc";
 
 /// CPU and memory a workspace gets when neither it, its template nor its team says: what a
 /// desktop needs to be usable, and what the team's budget is charged.
@@ -65,8 +68,7 @@ impl Names {
         format!("deskpod-{}-home.{team}.{workspace}", self.instance)
     }
 
-    /// The bridge network of a team: its desktops reach each other and the outside, never another
-    /// team's desktops (Docker isolates bridge networks from each other).
+    /// The bridge network of a team's desktops and CI agents (see [`network`]).
     pub fn network(&self, team: &str) -> String {
         format!("deskpod-{}.{team}", self.instance)
     }
@@ -131,14 +133,33 @@ impl Footprint {
     }
 }
 
-/// The team's network.
+/// The team's network: a bridge on which no container reaches another, only the host (where the
+/// portal runs and dials each desktop at its bridge address) and, through it, the outside.
+///
+/// Why this shape: a desktop's websockify port hands out its VNC session to whoever knows the
+/// 8-character VNC password, so only the portal may open it. Docker already keeps bridges apart
+/// (its `DOCKER-ISOLATION` chains drop what crosses from one bridge to another), and
+/// `enable_icc=false` drops what goes from one container to another on the same bridge, while
+/// traffic from the host itself is not forwarded and still passes. One network per workspace would
+/// isolate as well, but each takes a subnet from the engine's address pools, and a default engine
+/// has about 30 of them: a host would run out of networks long before it runs out of desktops.
+/// CI agents share the team's network and are held apart the same way: a job talks to the
+/// outside (its Jenkins controller, its Git server), never to a desktop or to another job.
 pub fn network(names: &Names, team: &str) -> NetworkCreateRequest {
     NetworkCreateRequest {
         name: names.network(team),
         driver: Some("bridge".into()),
         labels: Some(names.labels(team, None)),
+        options: Some(HashMap::from([(ICC_OPTION.to_owned(), "false".to_owned())])),
         ..NetworkCreateRequest::default()
     }
+}
+
+/// Whether a network with these driver options keeps its containers apart, as [`network`] makes
+/// them. Networks made before that (by an older portal, or by hand) let them talk, and are
+/// replaced.
+pub fn isolates(options: Option<&HashMap<String, String>>) -> bool {
+    options.and_then(|options| options.get(ICC_OPTION)).is_some_and(|icc| icc == "false")
 }
 
 /// The workspace's home volume.
@@ -228,6 +249,19 @@ mod tests {
         assert_ne!(names.volume("a-b", "c"), names.volume("a", "b-c"));
         assert_ne!(names.container("a", "b"), Names::new("99999999").container("a", "b"));
         assert_eq!(names.network("a"), "deskpod-1f2e3d4c.a");
+    }
+
+    #[test]
+    fn a_team_network_keeps_its_containers_apart_and_older_ones_are_recognised() {
+        let made = network(&Names::new("1f2e3d4c"), "a");
+        assert!(isolates(made.options.as_ref()), "{:?}", made.options);
+        assert_eq!(made.driver.as_deref(), Some("bridge"));
+        let options = |icc: Option<&str>| icc.map(|icc| HashMap::from([(ICC_OPTION.to_owned(), icc.to_owned())]));
+        // What an older portal made (no options), or a hand-made network that allows it.
+        assert!(!isolates(None));
+        assert!(!isolates(Some(&HashMap::new())));
+        assert!(!isolates(options(Some("true")).as_ref()));
+        assert!(isolates(options(Some("false")).as_ref()));
     }
 
     #[test]

@@ -6,13 +6,15 @@
 //! - **A workspace** is a container `deskpod.<team>.<name>` (the template's image, its CPU and
 //!   memory limits, `/dev/shm`, uid 1000, no capabilities, no privilege escalation) with a named
 //!   volume `deskpod-home.<team>.<name>` at its home, on the team's bridge network
-//!   `deskpod-team.<team>`: teams cannot reach each other's desktops. Stopping removes the
-//!   container and keeps the volume; deleting removes both.
+//!   `deskpod-team.<team>` on which no container reaches another ([`container::network`]): a
+//!   desktop or CI agent reaches the outside, never another workspace, of its team or another.
+//!   Stopping removes the container and keeps the volume; deleting removes both.
 //! - **The quota** is the backend's ([`quota`]): a team's workspace count, and the sum of the
 //!   limits of its running workspaces against its CPU and memory quota. The decision and the
 //!   record of it are one step (a lock), so two requests can never both take the last share.
 //! - **Running** means the desktop's websocket answered with the RFB banner; the portal's proxy
-//!   reaches it at the container's address on the team network.
+//!   reaches it at the container's address on the team network, from the host's network stack
+//!   (a host process, or a container with `--network host`).
 //! - **Convergence**: requests act at once, and a reconciler compares the rows with the
 //!   containers every few seconds (and when woken) to finish what a crash interrupted: it starts
 //!   wanted desktops that have no container, removes containers nobody wants (stopped, deleted, or
@@ -24,14 +26,14 @@ pub mod container;
 mod db;
 pub mod quota;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bollard::Docker;
 use bollard::errors::Error as DockerError;
-use bollard::models::{ContainerSummary, ContainerSummaryStateEnum};
+use bollard::models::{ContainerSummary, ContainerSummaryStateEnum, NetworkConnectRequest, NetworkDisconnectRequest};
 use bollard::query_parameters::{
     CreateContainerOptions, ListContainersOptions, RemoveContainerOptions, RemoveVolumeOptions, StopContainerOptions,
 };
@@ -116,6 +118,14 @@ struct Observed {
     status: String,
     /// Its address on the team network.
     ip: Option<IpAddr>,
+}
+
+/// A container of this portal, desktop or CI agent, as listed.
+struct TeamContainer {
+    team: String,
+    id: String,
+    /// The id of the team network it is attached to (stopped containers keep theirs), if any.
+    network_id: Option<String>,
 }
 
 impl DockerBackend {
@@ -597,26 +607,112 @@ impl Inner {
         Ok(())
     }
 
-    /// Creates the team's network unless it exists. Docker accepts two networks of the same name
-    /// (and then cannot tell them apart), so this looks first, one caller at a time, and
-    /// remembers what it found.
+    /// Makes the team's network the isolating bridge [`container::network`] describes, with every
+    /// container of the team on it. Docker accepts two networks of the same name (and then cannot
+    /// tell them apart), so this looks first, one caller at a time, and remembers what it found.
+    ///
+    /// Docker cannot change a network's options, so a network made the old way (its containers
+    /// reach each other) is replaced: its containers are disconnected, it is removed and made
+    /// anew, and they are connected again, still running, their homes untouched; only their
+    /// addresses change. Containers of the team not attached to it (left by a replacement an
+    /// earlier portal could not finish, or stopped ones still naming the old network) are
+    /// connected too, so a restart converges.
     async fn ensure_network(&self, team: &str) -> BackendResult<()> {
         let mut known = self.networks.lock().await;
         if known.contains(team) {
             return Ok(());
         }
-        match self.docker.inspect_network(&self.names.network(team), None).await {
-            Ok(_) => {}
-            Err(e) if is_status(&e, 404) => {
-                self.docker
-                    .create_network(container::network(&self.names, team))
-                    .await
-                    .map_err(|e| docker_failed("creating the team network", e))?;
+        let network = self.names.network(team);
+        let current = match self.docker.inspect_network(&network, None).await {
+            Ok(found) if container::isolates(found.options.as_ref()) => found.id.unwrap_or_default(),
+            Ok(found) => {
+                tracing::info!(%team, %network, "replacing a team network whose containers reach each other");
+                for id in found.containers.unwrap_or_default().into_keys() {
+                    let request = NetworkDisconnectRequest { container: id, force: Some(true) };
+                    match self.docker.disconnect_network(&network, request).await {
+                        Ok(()) => {}
+                        Err(e) if is_status(&e, 404) => {}
+                        Err(e) => return Err(docker_failed("disconnecting a container from the team network", e)),
+                    }
+                }
+                match self.docker.remove_network(&network).await {
+                    Ok(()) => {}
+                    Err(e) if is_status(&e, 404) => {}
+                    Err(e) => return Err(docker_failed("removing the old team network", e)),
+                }
+                self.create_network(team).await?
             }
+            Err(e) if is_status(&e, 404) => self.create_network(team).await?,
             Err(e) => return Err(docker_failed("looking up the team network", e)),
+        };
+        let mut all_connected = true;
+        for member in self.team_containers(Some(team)).await? {
+            if member.network_id.as_deref() == Some(current.as_str()) {
+                continue;
+            }
+            let id = member.id;
+            if let Err(error) = self.connect(&network, &id).await {
+                // Looked at again on the next call (the reconciler's next pass at the latest).
+                tracing::warn!(%team, container = %id, %error, "could not connect a container to its team network");
+                all_connected = false;
+            }
         }
-        known.insert(team.to_owned());
+        if all_connected {
+            known.insert(team.to_owned());
+        }
         Ok(())
+    }
+
+    /// Connects a container to `network`. A stopped container still names the network it was on
+    /// (the old one, if it was replaced): that stale attachment is dropped first.
+    async fn connect(&self, network: &str, id: &str) -> Result<(), DockerError> {
+        let connect = || NetworkConnectRequest { container: id.to_owned(), endpoint_config: None };
+        if self.docker.connect_network(network, connect()).await.is_ok() {
+            return Ok(());
+        }
+        let disconnect = NetworkDisconnectRequest { container: id.to_owned(), force: Some(true) };
+        match self.docker.disconnect_network(network, disconnect).await {
+            Ok(()) => {}
+            Err(e) if is_status(&e, 404) => {}
+            Err(e) => return Err(e),
+        }
+        self.docker.connect_network(network, connect()).await
+    }
+
+    /// Creates the team's network; its id.
+    async fn create_network(&self, team: &str) -> BackendResult<String> {
+        self.docker
+            .create_network(container::network(&self.names, team))
+            .await
+            .map(|created| created.id)
+            .map_err(|e| docker_failed("creating the team network", e))
+    }
+
+    /// Every container of this portal (desktops and CI agents), of one team or all.
+    async fn team_containers(&self, team: Option<&str>) -> BackendResult<Vec<TeamContainer>> {
+        let mut labels = vec![format!("{}={}", container::INSTANCE_LABEL, self.names.instance())];
+        if let Some(team) = team {
+            labels.push(format!("{}={team}", container::TEAM_LABEL));
+        }
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([("label".to_owned(), labels)])),
+            ..ListContainersOptions::default()
+        };
+        let listed =
+            self.docker.list_containers(Some(options)).await.map_err(|e| docker_failed("listing containers", e))?;
+        Ok(listed
+            .into_iter()
+            .filter_map(|summary| {
+                let team = summary.labels?.remove(container::TEAM_LABEL)?;
+                let network_id = summary
+                    .network_settings
+                    .and_then(|n| n.networks)
+                    .and_then(|mut n| n.remove(&self.names.network(&team)))
+                    .and_then(|e| e.network_id);
+                Some(TeamContainer { team, id: summary.id?, network_id })
+            })
+            .collect())
     }
 
     async fn remove_container(&self, team: &str, name: &str) -> BackendResult<()> {
@@ -709,6 +805,8 @@ impl Inner {
             Ok(rows) => rows,
             Err(error) => return tracing::warn!(%error, "reconciler: reading workspaces failed"),
         };
+        // First, so that the addresses listed next are those on the team networks as they stay.
+        self.ensure_networks().await;
         let containers = match self.containers(None).await {
             Ok(containers) => containers,
             Err(error) => return tracing::warn!(%error, "reconciler: listing containers failed"),
@@ -754,6 +852,21 @@ impl Inner {
         // Forget readiness of containers that are gone.
         let live: HashSet<&str> = containers.values().map(|c| c.id.as_str()).collect();
         self.ready.lock().unwrap_or_else(PoisonError::into_inner).retain(|id, _| live.contains(id.as_str()));
+    }
+
+    /// Ensures the network of every team that has containers (see [`Self::ensure_network`]): a team
+    /// network made by an older portal is replaced at start-up, not only when the team next starts
+    /// a desktop or agent.
+    async fn ensure_networks(&self) {
+        let teams: BTreeSet<String> = match self.team_containers(None).await {
+            Ok(containers) => containers.into_iter().map(|c| c.team).collect(),
+            Err(error) => return tracing::warn!(%error, "reconciler: listing containers failed"),
+        };
+        for team in teams {
+            if let Err(error) = self.ensure_network(&team).await {
+                tracing::warn!(%team, %error, "reconciler: could not ensure the team network");
+            }
+        }
     }
 
     /// How long a running desktop has been idle, when that is past its template's idle timeout.
