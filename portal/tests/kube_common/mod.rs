@@ -35,8 +35,13 @@ impl Drop for Controllers {
 
 /// Starts the real controllers (as cluster admin), as `deskpod-controller run` runs them.
 pub fn start_controllers(client: Client) -> Controllers {
+    start_controllers_with(client, Settings::new("desk.test"))
+}
+
+/// [`start_controllers`] with other settings (routing, forward auth ...).
+pub fn start_controllers_with(client: Client, settings: Settings) -> Controllers {
     let metrics = Metrics::register(&mut prometheus_client::registry::Registry::default());
-    Controllers(tokio::spawn(deskpod_controller::run::controllers(client, Settings::new("desk.test"), metrics)))
+    Controllers(tokio::spawn(deskpod_controller::run::controllers(client, settings, metrics)))
 }
 
 /// Everything one test works with: its namespace (whose name prefixes every object), the Team
@@ -77,9 +82,21 @@ impl Fixture {
         allow_endpoint_override: bool,
         template_spec: Value,
     ) -> Self {
+        Self::with_settings(prefix, workspaces, allow_endpoint_override, template_spec, Settings::new("desk.test"))
+            .await
+    }
+
+    /// [`Fixture::with_template`] with the controllers started with `settings`.
+    pub async fn with_settings(
+        prefix: &str,
+        workspaces: i32,
+        allow_endpoint_override: bool,
+        template_spec: Value,
+        settings: Settings,
+    ) -> Self {
         let ns = TestCluster::shared().namespace(prefix).await.expect("test namespace");
         let client = ns.client.clone();
-        let controllers = start_controllers(client.clone());
+        let controllers = start_controllers_with(client.clone(), settings);
         let team = ns.name.clone();
         let template = format!("{}-py", ns.name);
         let person = |who: &str| format!("{who}@{}.test", ns.name);

@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod helm;
+pub mod traefik;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
