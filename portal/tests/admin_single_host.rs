@@ -1,8 +1,10 @@
 //! The admin pages for teams and templates on the single-host backend (in-process portal, an
 //! in-memory database, the real Docker Engine): an admin creates a team and a template through
 //! the forms and an engineer of that team then sees the template in the catalog; bad input comes
-//! back with a message and saves nothing; everyone but admins gets 403 on every admin route, page
-//! and API; a template in use cannot be deleted.
+//! back with a message and saves nothing (templates: an image that is no image reference, absurd
+//! quantities, a request over its limit, each a 400 naming the field); everyone but admins gets
+//! 403 on every admin route, page and API; a template in use cannot be deleted; a template whose
+//! image is not on the host makes creating a workspace a 400 naming the template, leaving nothing.
 
 mod common;
 
@@ -420,4 +422,129 @@ async fn a_template_in_use_is_not_deleted() {
     let actions = host.audit_actions().await;
     assert!(actions.iter().any(|(a, o, outcome)| a == "template.delete" && o == "adm-used" && outcome == "success"));
     assert!(actions.iter().any(|(a, o, outcome)| a == "template.delete" && o == "adm-used" && outcome == "failure"));
+}
+
+#[tokio::test]
+async fn bad_template_puts_are_refused_naming_the_field_and_nothing_is_written() {
+    let host = Host::new().await;
+    let portal = &host.portal;
+    let (mut admin, csrf) = signed_in(portal, ADMIN).await;
+    let good = json!({ "displayName": "Kept", "image": IMAGE,
+                       "resources": { "cpuRequest": "500m", "cpuLimit": "2", "memoryLimit": "2Gi" } });
+    let put = |name: &'static str, body: serde_json::Value| {
+        let (admin, csrf) = (&admin, &csrf);
+        async move {
+            let path = format!("/api/v1/admin/templates/{name}");
+            admin.api(portal, Method::PUT, &path, Some(csrf), Some(&body.to_string())).await
+        }
+    };
+    let reply = put("adm-kept", good.clone()).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+
+    let with = |change: serde_json::Value| {
+        let mut body = good.clone();
+        json_merge(&mut body, change);
+        body
+    };
+    for (bad, field, message) in [
+        // The three of issue #24.
+        (with(json!({ "image": "alpine;rm -rf /" })), "image", "is not a valid image reference: it contains ';'"),
+        (
+            with(json!({ "resources": { "memoryLimit": "999999999Ti" } })),
+            "resources.memoryLimit",
+            "the memory limit 999999999Ti is more than a workspace may have (1Ti)",
+        ),
+        (
+            with(json!({ "resources": { "cpuRequest": "8", "cpuLimit": "1" } })),
+            "resources.cpuRequest",
+            "the CPU request 8 is more than the CPU limit 1",
+        ),
+        // And their neighbours.
+        (with(json!({ "image": "Deskpod/Python:latest" })), "image", "must be lowercase"),
+        (with(json!({ "image": "deskpod/python:-x" })), "image", "not starting with '.' or '-'"),
+        (with(json!({ "image": "deskpod/python@sha256:abc" })), "image", "64 lowercase hexadecimal"),
+        (with(json!({ "resources": { "cpuLimit": "0" } })), "resources.cpuLimit", "at least 10m"),
+        (with(json!({ "shmSize": "4Gi" })), "shmSize", "more than the memory limit 2Gi"),
+        (with(json!({ "homeSize": "1Pi" })), "homeSize", "more than a workspace may have (16Ti)"),
+        (with(json!({ "gpus": 17 })), "gpus", "0 to 16 GPUs, not 17"),
+    ] {
+        for name in ["adm-kept", "adm-new"] {
+            let reply = put(name, bad.clone()).await;
+            assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{name} {bad}: {}", reply.body);
+            let json = reply.json();
+            assert_eq!(json["field"], field, "{name} {bad}: {}", reply.body);
+            assert!(json["error"].as_str().unwrap().contains(message), "expected {message:?}: {}", reply.body);
+        }
+        // Nothing was written: the old template as it was, no new one.
+        let kept = admin.api(portal, Method::GET, "/api/v1/admin/templates/adm-kept", None, None).await;
+        assert_eq!(kept.status, StatusCode::OK, "{}", kept.body);
+        assert_eq!(kept.json()["spec"]["image"], IMAGE, "{}", kept.body);
+        assert_eq!(kept.json()["spec"]["resources"]["cpuLimit"], "2", "{}", kept.body);
+        let new = admin.api(portal, Method::GET, "/api/v1/admin/templates/adm-new", None, None).await;
+        assert_eq!(new.status, StatusCode::NOT_FOUND, "{}", new.body);
+    }
+    let listed = admin.api(portal, Method::GET, "/api/v1/admin/templates", None, None).await.json();
+    assert_eq!(listed["templates"].as_array().unwrap().len(), 1, "{listed}");
+
+    // The form refuses the same, and shows the form again with the message.
+    let mut fields = template_fields(&csrf, "adm-form", "2", "6901");
+    fields.retain(|(k, _)| *k != "image");
+    fields.push(("image", "alpine;rm -rf /"));
+    let reply = admin.post(portal, "/admin/templates", &fields).await;
+    assert_refused(&reply, StatusCode::BAD_REQUEST, "is not a valid image reference: it contains &#39;;&#39;");
+    let mut fields = template_fields(&csrf, "adm-kept", "1", "6901");
+    fields.retain(|(k, _)| *k != "cpu_request");
+    fields.push(("cpu_request", "8"));
+    let reply = admin.post(portal, "/admin/templates/adm-kept", &fields).await;
+    assert_refused(&reply, StatusCode::BAD_REQUEST, "the CPU request 8 is more than the CPU limit 1");
+    assert!(host.backend.template_spec("adm-form").await.unwrap().is_none());
+    let kept = host.backend.template_spec("adm-kept").await.unwrap().unwrap();
+    assert_eq!((kept.display_name.as_str(), kept.resources.cpu_limit.unwrap().0.as_str()), ("Kept", "2"));
+}
+
+/// `target` with the fields of `change` set, objects merged key by key.
+fn json_merge(target: &mut serde_json::Value, change: serde_json::Value) {
+    match (target, change) {
+        (serde_json::Value::Object(target), serde_json::Value::Object(change)) => {
+            for (key, value) in change {
+                json_merge(target.entry(key).or_insert(serde_json::Value::Null), value);
+            }
+        }
+        (target, change) => *target = change,
+    }
+}
+
+#[tokio::test]
+async fn a_template_whose_image_is_not_on_the_host_makes_create_a_4xx_naming_it() {
+    let mut host = Host::new().await;
+    let team = host.team_name("ghost");
+    let image = format!("deskpod/never-built-{}:latest", std::process::id());
+    host.backend
+        .put_team(&team, serde_json::from_value(json!({ "members": [{ "user": ALICE, "role": "engineer" }] })).unwrap())
+        .await
+        .unwrap();
+    let portal = &host.portal;
+    let (admin, csrf) = signed_in(portal, ADMIN).await;
+    let body = json!({ "displayName": "Ghost", "image": image }).to_string();
+    let reply = admin.api(portal, Method::PUT, "/api/v1/admin/templates/adm-ghost", Some(&csrf), Some(&body)).await;
+    assert_eq!(reply.status, StatusCode::OK, "a valid reference is accepted, wherever it is: {}", reply.body);
+
+    let (alice, alice_csrf) = signed_in(portal, ALICE).await;
+    let body = json!({ "team": team, "name": "dev", "template": "adm-ghost" }).to_string();
+    let reply = alice.api(portal, Method::POST, "/api/v1/workspaces", Some(&alice_csrf), Some(&body)).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.body);
+    let error = reply.json()["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.contains("the template adm-ghost cannot start")
+            && error.contains(&format!("{image} is not on this host")),
+        "{error}"
+    );
+
+    // Nothing is left: no workspace, no container, no home volume.
+    let listed = alice.api(portal, Method::GET, &format!("/api/v1/workspaces/{team}/dev"), None, None).await;
+    assert_eq!(listed.status, StatusCode::NOT_FOUND, "{}", listed.body);
+    assert!(host.backend.workspaces(&team, None).await.unwrap().is_empty());
+    let label = format!("label=deskpod.io/team={team}");
+    assert_eq!(docker(&["ps", "-aq", "--filter", &label]).trim(), "", "no container");
+    assert_eq!(docker(&["volume", "ls", "-q", "--filter", &label]).trim(), "", "no volume");
 }

@@ -565,11 +565,13 @@ impl Inner {
         match self.docker.create_container(Some(options), body).await {
             Ok(_) => {}
             Err(e) if is_status(&e, 409) => {}
-            Err(e) if is_status(&e, 404) && e.to_string().contains("image") => {
-                return Err(BackendError::Unavailable(format!(
-                    "the image {} is not on this host; build it with `cargo run -p deskpod-images -- build`",
-                    desired.image
-                )));
+            // The template's image is missing or unusable: the admin's to fix, not the engine's.
+            Err(DockerError::DockerResponseServerError { status_code, message })
+                if container::template_refusal(&row.template, &desired.image, status_code, &message).is_some() =>
+            {
+                tracing::warn!(template = %row.template, image = %desired.image, %message, "Docker refused a desktop");
+                let refusal = container::template_refusal(&row.template, &desired.image, status_code, &message);
+                return Err(BackendError::Invalid(refusal.unwrap_or_default()));
             }
             Err(e) if is_status(&e, 404) => {
                 // The team network went away behind the portal's back: make it again next time.
