@@ -7,8 +7,19 @@
 //! - `image` is an OCI image reference in the grammar of distribution/reference (what Docker and
 //!   the kubelet parse): `[registry[:port]/]path[:tag][@algorithm:hex]`, path components in
 //!   lowercase, a tag of at most 128 characters, a digest of a known algorithm.
-//! - CPU, memory, home and `/dev/shm` sizes are quantities between sane bounds ([`MAX_CPU`],
-//!   [`MAX_MEMORY`], ...), so a typo such as `999999999Ti` is refused instead of reaching a node.
+//! - CPU, memory, home and `/dev/shm` sizes are Kubernetes quantities (parsed exactly by
+//!   [`deskpod_controller::quantity`]) between sane bounds, so a typo such as `999999999Ti` is
+//!   refused instead of reaching a node:
+//!
+//!   | field                            | at least | at most |
+//!   |----------------------------------|----------|---------|
+//!   | `resources.cpuRequest`           | 0        | 256     |
+//!   | `resources.cpuLimit`             | 10m      | 256     |
+//!   | `resources.memoryRequest`        | 0        | 1Ti     |
+//!   | `resources.memoryLimit`          | 64Mi     | 1Ti     |
+//!   | `shmSize`                        | 1Mi      | 1Ti     |
+//!   | `homeSize`                       | 1Mi      | 16Ti    |
+//!   | `gpus`                           | 0        | 16      |
 //! - A request is at most its limit, and `/dev/shm` (memory) at most the memory limit.
 //!
 //! Every refusal is a [`Refusal`] naming the spec's field in the API's spelling
@@ -44,11 +55,13 @@ pub const MAX_IMAGE_NAME_LEN: usize = 255;
 /// Longest tag (distribution/reference).
 pub const MAX_TAG_LEN: usize = 128;
 
-/// Most CPU a workspace may request or be limited to.
-pub const MAX_CPU: &str = "128";
+/// Most CPU a workspace may request or be limited to: the cores of the largest machines clouds
+/// rent (a workspace never spans nodes).
+pub const MAX_CPU: &str = "256";
 /// Smallest CPU limit: Docker refuses less than a hundredth of a CPU.
 pub const MIN_CPU_LIMIT: &str = "10m";
-/// Most memory a workspace may request or be limited to, and the largest `/dev/shm`.
+/// Most memory a workspace may request or be limited to, and the largest `/dev/shm`: more than
+/// any single desktop needs, small enough that a typo (`1Ei`) is caught.
 pub const MAX_MEMORY: &str = "1Ti";
 /// Smallest memory limit: no desktop starts in less.
 pub const MIN_MEMORY_LIMIT: &str = "64Mi";
@@ -549,8 +562,8 @@ mod tests {
     })]
     #[case::request_equals_limit(|t: &mut Spec| { t.resources.cpu_request = q("1"); t.resources.cpu_limit = q("1000m") })]
     #[case::at_the_upper_bounds(|t: &mut Spec| {
-        t.resources.cpu_request = q("128");
-        t.resources.cpu_limit = q("128");
+        t.resources.cpu_request = q("256");
+        t.resources.cpu_limit = q("256");
         t.resources.memory_limit = q("1Ti");
         t.shm_size = q("1Ti");
         t.home_size = q("16Ti");
@@ -584,7 +597,7 @@ mod tests {
     #[case::long_tag(|t: &mut Spec| t.image = format!("alpine:{}", "t".repeat(129)), "image", "at most 128")]
     // Quantities: not one, out of bounds, request over limit.
     #[case::cpu_not_a_quantity(|t: &mut Spec| t.resources.cpu_limit = q("lots"), "resources.cpuLimit", "the CPU limit: \"lots\" does not start with a number")]
-    #[case::cpu_too_many(|t: &mut Spec| t.resources.cpu_limit = q("129"), "resources.cpuLimit", "is more than a workspace may have (128)")]
+    #[case::cpu_too_many(|t: &mut Spec| t.resources.cpu_limit = q("256001m"), "resources.cpuLimit", "the CPU limit 256001m is more than a workspace may have (256)")]
     #[case::cpu_request_too_many(|t: &mut Spec| t.resources.cpu_request = q("1k"), "resources.cpuRequest", "the CPU request 1k is more")]
     #[case::cpu_limit_zero(|t: &mut Spec| t.resources.cpu_limit = q("0"), "resources.cpuLimit", "at least 10m")]
     #[case::memory_limit_tiny(|t: &mut Spec| t.resources.memory_limit = q("6Mi"), "resources.memoryLimit", "at least 64Mi")]

@@ -210,7 +210,9 @@ async fn bad_templates_are_refused_before_the_api_server_and_a_bad_image_from_ku
     let reply = alice.api(portal, Method::POST, "/api/v1/workspaces", Some(&alice_csrf), Some(&body)).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.body);
     let error = reply.json()["error"].as_str().unwrap().to_owned();
-    assert!(error.contains(&format!("the template {by_kubectl} refers to image \"alpine;rm -rf /\"")), "{error}");
+    let expected =
+        format!("the template {by_kubectl} cannot start: its image \"alpine;rm -rf /\" is not a valid image reference");
+    assert!(error.contains(&expected), "{error}");
     assert!(f.workspace_names().await.is_empty(), "no Workspace was created");
 
     for name in [&kept, &by_kubectl] {

@@ -213,7 +213,7 @@ impl KubernetesBackend {
         // its pod would fail later, so the workspace is refused now, naming the template.
         crate::template_rules::check_image(&template.spec.image).map_err(|reason| {
             BackendError::Invalid(format!(
-                "the template {} refers to image {:?}, which is not a valid image reference ({reason}); \
+                "the template {} cannot start: its image {:?} is not a valid image reference ({reason}); \
                  a platform admin must correct the template",
                 new.template, template.spec.image
             ))
