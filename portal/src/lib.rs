@@ -8,6 +8,8 @@
 //! - [`auth`]: passwords, JWT sessions in the `deskpod_session` cookie, CSRF, the sign-in rate
 //!   limit and the extractors handlers use: [`CurrentUser`], [`SessionForm`], [`PublicForm`].
 //! - [`authz`]: pure authorization decisions over a user and their team [`Membership`]s.
+//! - [`template_rules`]: what a WorkspaceTemplate must be to be saved; the admin form, the JSON
+//!   API and both backends check it before writing one.
 //! - [`membership`]: where memberships come from. Team roles live in Kubernetes Team objects (or
 //!   the single-host backend), not in the database; backends implement [`MembershipSource`].
 //! - [`account`], [`token`], [`invite`], [`audit`]: the identity operations pages and the API share.
@@ -45,6 +47,7 @@ pub mod random;
 pub mod serve;
 pub mod state;
 pub mod store;
+pub mod template_rules;
 pub mod token;
 
 pub use auth::{Auth, CurrentUser, Keys, PublicForm, RemoteAddr, SessionForm};

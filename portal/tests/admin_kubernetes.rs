@@ -1,7 +1,11 @@
 //! The admin API for teams and templates on the Kubernetes backend, against the real test
 //! cluster: what an admin puts is the Team or WorkspaceTemplate the API server holds (its whole
 //! spec, written by the portal, whoever wrote the fields before); what the API server refuses (schema, CEL) comes back as a 400 in its
-//! own words and changes nothing; a template a Workspace uses is not deleted.
+//! own words and changes nothing; a template a Workspace uses is not deleted. Templates the
+//! portal's rules refuse (an image that is no image reference, absurd quantities, a request over
+//! its limit) are a 400 naming the field without reaching the API server, which would have taken
+//! them; a template with such an image written with kubectl makes creating a workspace a 400
+//! naming the template, and no Workspace is created.
 
 mod common;
 mod kube_common;
@@ -106,8 +110,10 @@ async fn an_admin_puts_teams_and_templates_and_the_api_servers_refusals_come_bac
         json!({ "displayName": "x", "image": "x", "idleTimeout": "2 hours" }),
     )
     .await;
+    // Refused by the portal's template rules before the API server is asked (its schema says the same).
     assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.body);
-    assert!(reply.body.contains("must be a duration such as 90s, 30m or 1h30m"), "{}", reply.body);
+    assert_eq!(reply.json()["field"], "idleTimeout", "{}", reply.body);
+    assert!(reply.body.contains("a duration such as 90s, 30m or 1h30m"), "{}", reply.body);
     assert_eq!(templates.get(&made_template).await.unwrap().spec.display_name, "From the admin API");
 
     // A template a Workspace uses is not deleted; one nobody uses is.
@@ -132,5 +138,85 @@ async fn an_admin_puts_teams_and_templates_and_the_api_servers_refusals_come_bac
     assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.body);
 
     let _ = teams.delete(&made, &DeleteParams::background()).await;
+    f.delete().await;
+}
+
+#[tokio::test]
+async fn bad_templates_are_refused_before_the_api_server_and_a_bad_image_from_kubectl_refuses_create() {
+    let _one = ONE_CONTROLLER.lock().await;
+    let f = Fixture::new("portal-tplrules", 2, false).await;
+    let portal = &f.portal;
+    let templates = Api::<WorkspaceTemplate>::all(f.client());
+    let kept = format!("{}-kept", f.team);
+    let new = format!("{}-new", f.team);
+    let mut admin = Browser::signed_in(portal, &f.admin).await;
+    let csrf = admin.session_csrf(portal).await;
+    let good = json!({ "displayName": "Kept", "image": "deskpod/python:latest",
+                       "resources": { "cpuRequest": "500m", "cpuLimit": "2", "memoryLimit": "2Gi" } });
+    let reply = put(&admin, portal, &csrf, format!("/api/v1/admin/templates/{kept}"), good.clone()).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let before = templates.get(&kept).await.expect("the template exists");
+
+    let resources = |r: serde_json::Value| {
+        let mut body = good.clone();
+        body["resources"] = r;
+        body
+    };
+    let mut shell = good.clone();
+    shell["image"] = json!("alpine;rm -rf /");
+    for (bad, field, message) in [
+        (shell.clone(), "image", "is not a valid image reference: it contains ';'"),
+        (
+            resources(json!({ "memoryLimit": "999999999Ti" })),
+            "resources.memoryLimit",
+            "more than a workspace may have (1Ti)",
+        ),
+        (
+            resources(json!({ "cpuRequest": "8", "cpuLimit": "1" })),
+            "resources.cpuRequest",
+            "the CPU request 8 is more than the CPU limit 1",
+        ),
+    ] {
+        for name in [&kept, &new] {
+            let reply = put(&admin, portal, &csrf, format!("/api/v1/admin/templates/{name}"), bad.clone()).await;
+            assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{name} {bad}: {}", reply.body);
+            let json = reply.json();
+            assert_eq!(json["field"], field, "{}", reply.body);
+            let error = json["error"].as_str().unwrap();
+            // The portal's words, not the API server's ("WorkspaceTemplate.deskpod.io ... is invalid").
+            assert!(error.contains(message) && !error.contains("deskpod.io"), "{error}");
+        }
+        let now = templates.get(&kept).await.unwrap();
+        assert_eq!(
+            (now.spec.clone(), now.metadata.resource_version.clone()),
+            (before.spec.clone(), before.metadata.resource_version.clone()),
+            "unchanged"
+        );
+        assert!(templates.get_opt(&new).await.unwrap().is_none(), "not created");
+    }
+
+    // The API server alone takes such an image (kubectl apply): creating a workspace from it is
+    // refused by the portal, naming the template, and no Workspace is created.
+    let by_kubectl = format!("{}-shell", f.team);
+    let object: WorkspaceTemplate = serde_json::from_value(json!({
+        "apiVersion": "deskpod.io/v1alpha1", "kind": "WorkspaceTemplate", "metadata": { "name": by_kubectl },
+        "spec": shell
+    }))
+    .unwrap();
+    templates.create(&PostParams::default(), &object).await.expect("the API server takes it");
+    let mut alice = Browser::signed_in(portal, &f.alice).await;
+    let alice_csrf = alice.session_csrf(portal).await;
+    let body = json!({ "team": f.team, "name": "dev", "template": by_kubectl }).to_string();
+    let reply = alice.api(portal, Method::POST, "/api/v1/workspaces", Some(&alice_csrf), Some(&body)).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.body);
+    let error = reply.json()["error"].as_str().unwrap().to_owned();
+    let expected =
+        format!("the template {by_kubectl} cannot start: its image \"alpine;rm -rf /\" is not a valid image reference");
+    assert!(error.contains(&expected), "{error}");
+    assert!(f.workspace_names().await.is_empty(), "no Workspace was created");
+
+    for name in [&kept, &by_kubectl] {
+        let _ = templates.delete(name, &DeleteParams::default()).await;
+    }
     f.delete().await;
 }

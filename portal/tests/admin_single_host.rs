@@ -1,8 +1,11 @@
 //! The admin pages for teams and templates on the single-host backend (in-process portal, an
 //! in-memory database, the real Docker Engine): an admin creates a team and a template through
 //! the forms and an engineer of that team then sees the template in the catalog; bad input comes
-//! back with a message and saves nothing; everyone but admins gets 403 on every admin route, page
-//! and API; a template in use cannot be deleted.
+//! back with a message and saves nothing (templates: an image that is no image reference, absurd
+//! quantities, a request over its limit, each a 400 naming the field, from the API and the form);
+//! everyone but admins gets 403 on every admin route, page and API; a template in use cannot be
+//! deleted; a template Docker cannot run (its image not on the host, or stored before images were
+//! checked) makes creating a workspace a 400 naming the template, leaving nothing behind.
 
 mod common;
 
@@ -16,6 +19,7 @@ use deskpod_portal::SqliteStore;
 use deskpod_portal::backend::Backend;
 use deskpod_portal::backend::docker::DockerBackend;
 use deskpod_portal::store::GlobalRole;
+use rstest::rstest;
 use serde_json::json;
 
 const ADMIN: &str = "root@example.com";
@@ -33,9 +37,12 @@ struct Host {
 
 impl Host {
     async fn new() -> Self {
-        let backend = DockerBackend::connect(SqliteStore::open_in_memory().unwrap())
-            .await
-            .expect("a Docker Engine (images/setup-docker)");
+        Self::on(SqliteStore::open_in_memory().unwrap()).await
+    }
+
+    /// The same on `store`.
+    async fn on(store: SqliteStore) -> Self {
+        let backend = DockerBackend::connect(store).await.expect("a Docker Engine (images/setup-docker)");
         let backend = Arc::new(backend);
         let mut portal = Portal::new().await;
         portal.state = portal.state.clone().with_backend(backend.clone());
@@ -420,4 +427,203 @@ async fn a_template_in_use_is_not_deleted() {
     let actions = host.audit_actions().await;
     assert!(actions.iter().any(|(a, o, outcome)| a == "template.delete" && o == "adm-used" && outcome == "success"));
     assert!(actions.iter().any(|(a, o, outcome)| a == "template.delete" && o == "adm-used" && outcome == "failure"));
+}
+
+/// A template body the API takes, and the same with the fields of `change` set.
+fn template_body(change: serde_json::Value) -> serde_json::Value {
+    let mut body = json!({ "displayName": "Kept", "image": IMAGE,
+                           "resources": { "cpuRequest": "500m", "cpuLimit": "2", "memoryLimit": "2Gi" } });
+    json_merge(&mut body, change);
+    body
+}
+
+/// `target` with the fields of `change` set, objects merged key by key.
+fn json_merge(target: &mut serde_json::Value, change: serde_json::Value) {
+    match (target, change) {
+        (serde_json::Value::Object(target), serde_json::Value::Object(change)) => {
+            for (key, value) in change {
+                json_merge(target.entry(key).or_insert(serde_json::Value::Null), value);
+            }
+        }
+        (target, change) => *target = change,
+    }
+}
+
+/// `PUT /api/v1/admin/templates/{name}` with `body`.
+async fn put_template(portal: &Portal, admin: &Browser, csrf: &str, name: &str, body: &serde_json::Value) -> Reply {
+    let path = format!("/api/v1/admin/templates/{name}");
+    admin.api(portal, Method::PUT, &path, Some(csrf), Some(&body.to_string())).await
+}
+
+#[rstest]
+// The three of issue #24.
+#[case::shell_in_image(json!({ "image": "alpine;rm -rf /" }), "image", "is not a valid image reference: it contains ';'")]
+#[case::absurd_memory(
+    json!({ "resources": { "memoryLimit": "999999999Ti" } }),
+    "resources.memoryLimit",
+    "the memory limit 999999999Ti is more than a workspace may have (1Ti)"
+)]
+#[case::cpu_request_over_limit(
+    json!({ "resources": { "cpuRequest": "8", "cpuLimit": "1" } }),
+    "resources.cpuRequest",
+    "the CPU request 8 is more than the CPU limit 1"
+)]
+// And their neighbours.
+#[case::space_in_image(json!({ "image": "deskpod/python latest" }), "image", "it contains ' '")]
+#[case::uppercase_repository(json!({ "image": "Deskpod/Python:latest" }), "image", "must be lowercase")]
+#[case::bad_tag(json!({ "image": "deskpod/python:-x" }), "image", "not starting with '.' or '-'")]
+#[case::short_digest(json!({ "image": "deskpod/python@sha256:abc" }), "image", "64 lowercase hexadecimal")]
+#[case::no_image(json!({ "image": "" }), "image", "the image must not be empty")]
+#[case::cpu_not_a_quantity(json!({ "resources": { "cpuLimit": "two" } }), "resources.cpuLimit", "does not start with a number")]
+#[case::too_many_cpus(json!({ "resources": { "cpuLimit": "300" } }), "resources.cpuLimit", "more than a workspace may have (256)")]
+#[case::no_cpu(json!({ "resources": { "cpuLimit": "0" } }), "resources.cpuLimit", "at least 10m")]
+#[case::memory_request_over_limit(
+    json!({ "resources": { "memoryRequest": "3Gi" } }),
+    "resources.memoryRequest",
+    "the memory request 3Gi is more than the memory limit 2Gi"
+)]
+#[case::shm_over_memory(json!({ "shmSize": "4Gi" }), "shmSize", "more than the memory limit 2Gi")]
+#[case::huge_home(json!({ "homeSize": "1Pi" }), "homeSize", "more than a workspace may have (16Ti)")]
+#[case::too_many_gpus(json!({ "gpus": 17 }), "gpus", "0 to 16 GPUs, not 17")]
+#[tokio::test]
+async fn a_bad_template_is_refused_naming_the_field_and_nothing_is_stored(
+    #[case] change: serde_json::Value,
+    #[case] field: &str,
+    #[case] message: &str,
+) {
+    let host = Host::new().await;
+    let portal = &host.portal;
+    let (admin, csrf) = signed_in(portal, ADMIN).await;
+    let reply = put_template(portal, &admin, &csrf, "adm-kept", &template_body(json!({}))).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+
+    // Neither a new template nor a change to one that exists.
+    let bad = template_body(change);
+    for name in ["adm-kept", "adm-new"] {
+        let reply = put_template(portal, &admin, &csrf, name, &bad).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{name} {bad}: {}", reply.body);
+        let json = reply.json();
+        assert_eq!(json["field"], field, "{name} {bad}: {}", reply.body);
+        assert!(json["error"].as_str().unwrap().contains(message), "expected {message:?}: {}", reply.body);
+    }
+    assert_eq!(
+        host.backend.template_spec("adm-kept").await.unwrap(),
+        Some(serde_json::from_value(template_body(json!({}))).unwrap())
+    );
+    assert_eq!(host.backend.template_spec("adm-new").await.unwrap(), None);
+    let listed = admin.api(portal, Method::GET, "/api/v1/admin/templates", None, None).await.json();
+    assert_eq!(listed["templates"].as_array().unwrap().len(), 1, "{listed}");
+}
+
+#[rstest]
+#[case::registry_port_path_tag(json!({ "image": "registry.example.com:5000/team/desktops/python:1.2-rc_1" }))]
+#[case::digest(json!({ "image": format!("ghcr.io/acme/desktop@sha256:{}", "0123456789abcdef".repeat(4)) }))]
+#[case::tag_and_digest(json!({ "image": format!("localhost:5000/desktop:dev@sha256:{}", "a".repeat(64)) }))]
+#[case::at_the_bounds(json!({ "resources": { "cpuRequest": "256", "cpuLimit": "256", "memoryRequest": "1Ti", "memoryLimit": "1Ti" },
+                              "shmSize": "1Ti", "homeSize": "16Ti", "gpus": 16 }))]
+#[case::requests_equal_limits_in_other_units(json!({ "resources": { "cpuRequest": "2000m", "memoryRequest": "2048Mi" } }))]
+#[tokio::test]
+async fn a_good_template_is_saved(#[case] change: serde_json::Value) {
+    let host = Host::new().await;
+    let portal = &host.portal;
+    let (admin, csrf) = signed_in(portal, ADMIN).await;
+    let body = template_body(change);
+    let reply = put_template(portal, &admin, &csrf, "adm-good", &body).await;
+    assert_eq!(reply.status, StatusCode::OK, "{body}: {}", reply.body);
+    assert_eq!(host.backend.template_spec("adm-good").await.unwrap(), Some(serde_json::from_value(body).unwrap()));
+}
+
+#[tokio::test]
+async fn the_template_form_refuses_the_same_and_shows_the_message() {
+    let host = Host::new().await;
+    let portal = &host.portal;
+    let (mut admin, csrf) = signed_in(portal, ADMIN).await;
+    let reply = put_template(portal, &admin, &csrf, "adm-kept", &template_body(json!({}))).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+
+    let mut fields = template_fields(&csrf, "adm-form", "2", "6901");
+    fields.retain(|(k, _)| *k != "image");
+    fields.push(("image", "alpine;rm -rf /"));
+    let reply = admin.post(portal, "/admin/templates", &fields).await;
+    assert_refused(&reply, StatusCode::BAD_REQUEST, "is not a valid image reference: it contains &#39;;&#39;");
+    assert!(reply.body.contains(r#"value="Python from the admin page""#), "the form keeps what was typed");
+    let mut fields = template_fields(&csrf, "adm-kept", "1", "6901");
+    fields.retain(|(k, _)| *k != "cpu_request");
+    fields.push(("cpu_request", "8"));
+    let reply = admin.post(portal, "/admin/templates/adm-kept", &fields).await;
+    assert_refused(&reply, StatusCode::BAD_REQUEST, "the CPU request 8 is more than the CPU limit 1");
+    assert_eq!(host.backend.template_spec("adm-form").await.unwrap(), None);
+    let kept = host.backend.template_spec("adm-kept").await.unwrap().unwrap();
+    assert_eq!((kept.display_name.as_str(), kept.resources.cpu_limit.unwrap().0.as_str()), ("Kept", "2"));
+}
+
+/// What a template stored before its image was checked (an older portal) still holds: its image
+/// is written into the database directly, past the rules.
+fn store_image_past_the_rules(database: &std::path::Path, template: &str, image: &str) {
+    let db = rusqlite::Connection::open(database).unwrap();
+    let object: String =
+        db.query_row("SELECT object FROM docker_templates WHERE name = ?1", [template], |row| row.get(0)).unwrap();
+    let mut object: serde_json::Value = serde_json::from_str(&object).unwrap();
+    object["spec"]["image"] = json!(image);
+    db.execute("UPDATE docker_templates SET object = ?1 WHERE name = ?2", [object.to_string(), template.into()])
+        .unwrap();
+}
+
+#[rstest]
+#[case::image_not_on_this_host(
+    Some(format!("deskpod/never-built-{}:latest", std::process::id())),
+    None,
+    "is not on this host"
+)]
+#[case::image_stored_before_the_rules(
+    None,
+    Some("alpine;rm -rf /"),
+    "Docker cannot use its image \"alpine;rm -rf /\" (invalid reference format"
+)]
+#[tokio::test]
+async fn a_template_docker_refuses_makes_create_a_4xx_naming_it_and_leaves_nothing(
+    #[case] image: Option<String>,
+    #[case] stored_past_the_rules: Option<&str>,
+    #[case] message: &str,
+) {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let database = std::env::temp_dir().join(format!(
+        "deskpod-admin-{}-{}.db",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let mut host = Host::on(SqliteStore::open(&database).await.unwrap()).await;
+    let team = host.team_name("ghost");
+    host.backend
+        .put_team(&team, serde_json::from_value(json!({ "members": [{ "user": ALICE, "role": "engineer" }] })).unwrap())
+        .await
+        .unwrap();
+    let portal = &host.portal;
+    let (admin, csrf) = signed_in(portal, ADMIN).await;
+    let body = template_body(json!({ "displayName": "Ghost", "image": image.as_deref().unwrap_or(IMAGE) }));
+    let reply = put_template(portal, &admin, &csrf, "adm-ghost", &body).await;
+    assert_eq!(reply.status, StatusCode::OK, "a valid reference is taken, wherever its image is: {}", reply.body);
+    if let Some(bad) = stored_past_the_rules {
+        store_image_past_the_rules(&database, "adm-ghost", bad);
+        assert_eq!(host.backend.template_spec("adm-ghost").await.unwrap().unwrap().image, bad);
+    }
+
+    let (alice, alice_csrf) = signed_in(portal, ALICE).await;
+    let body = json!({ "team": team, "name": "dev", "template": "adm-ghost" }).to_string();
+    let reply = alice.api(portal, Method::POST, "/api/v1/workspaces", Some(&alice_csrf), Some(&body)).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.body);
+    let error = reply.json()["error"].as_str().unwrap().to_owned();
+    assert!(error.contains("the template adm-ghost cannot start") && error.contains(message), "{error}");
+
+    // Nothing is left: no workspace, no container, no home volume.
+    let listed = alice.api(portal, Method::GET, &format!("/api/v1/workspaces/{team}/dev"), None, None).await;
+    assert_eq!(listed.status, StatusCode::NOT_FOUND, "{}", listed.body);
+    assert!(host.backend.workspaces(&team, None).await.unwrap().is_empty());
+    let label = format!("label=deskpod.io/team={team}");
+    assert_eq!(docker(&["ps", "-aq", "--filter", &label]).trim(), "", "no container");
+    assert_eq!(docker(&["volume", "ls", "-q", "--filter", &label]).trim(), "", "no volume");
+    drop(host);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", database.display()));
+    }
 }

@@ -209,6 +209,15 @@ impl KubernetesBackend {
                     new.template
                 ))
             })?;
+        // A template written around the portal (kubectl) may name an image no node can parse;
+        // its pod would fail later, so the workspace is refused now, naming the template.
+        crate::template_rules::check_image(&template.spec.image).map_err(|reason| {
+            BackendError::Invalid(format!(
+                "the template {} cannot start: its image {:?} is not a valid image reference ({reason}); \
+                 a platform admin must correct the template",
+                new.template, template.spec.image
+            ))
+        })?;
         let namespace = team_namespace(&new.team);
         let mut workspace = Workspace::new(
             &new.name,
@@ -802,7 +811,12 @@ impl Backend for KubernetesBackend {
     }
 
     fn put_template<'a>(&'a self, template: &'a str, spec: WorkspaceTemplateSpec) -> BoxFuture<'a, BackendResult<()>> {
-        Box::pin(async move { self.put_spec::<WorkspaceTemplate>(template, spec, "saving a template").await.map(drop) })
+        Box::pin(async move {
+            // Refused here, before the API server (whose schema cannot say what an image
+            // reference or a sane quantity is).
+            crate::template_rules::check(&spec).map_err(|refusal| BackendError::Invalid(refusal.message))?;
+            self.put_spec::<WorkspaceTemplate>(template, spec, "saving a template").await.map(drop)
+        })
     }
 
     fn delete_template<'a>(&'a self, template: &'a str) -> BoxFuture<'a, BackendResult<()>> {

@@ -29,6 +29,7 @@ use crate::auth::{CurrentUser, RemoteAddr, SessionForm};
 use crate::backend::kubernetes::validate_workspace_name;
 use crate::error::{Error, Result};
 use crate::state::AppState;
+use crate::template_rules;
 
 /// What the pages say a non-admin may not see.
 pub(crate) const WHAT: &str = "Template settings";
@@ -48,7 +49,8 @@ fn check_name(template: &str) -> Result<()> {
     validate_workspace_name(template).map_err(|e| Error::invalid("name", e.replace("workspace", "template")))
 }
 
-/// Creates or replaces `template` (admins only), audited as `template.put`.
+/// Creates or replaces `template` (admins only), audited as `template.put`. A spec that breaks
+/// [`template_rules`] is a 400 naming the field, and nothing is written.
 pub(crate) async fn put_template(
     state: &AppState,
     user: &CurrentUser,
@@ -59,6 +61,7 @@ pub(crate) async fn put_template(
     let result = async {
         require_admin(user, WHAT)?;
         check_name(template)?;
+        template_rules::check(&spec).map_err(|refusal| Error::invalid(refusal.field, refusal.message))?;
         state.backend.put_template(template, spec).await.map_err(|e| backend_error(e, None))
     }
     .await;
@@ -169,7 +172,7 @@ impl TemplateForm {
 
     /// `base` (the stored spec, or `None` for a new template) with the form's fields. Only what
     /// the form cannot express is refused here (a port that is not a number, an unknown
-    /// protocol); whether the values are acceptable is the backend's call.
+    /// protocol); whether the values are acceptable is [`put_template`]'s call.
     fn apply_to(&self, base: Option<WorkspaceTemplateSpec>) -> Result<WorkspaceTemplateSpec> {
         let quantity = |q: &str| (!q.is_empty()).then(|| Quantity(q.to_owned()));
         let protocol = match self.protocol.as_str() {

@@ -208,6 +208,28 @@ pub fn desktop(
     Ok(body)
 }
 
+/// What a refusal of the Docker Engine to create a desktop's container means when the template
+/// is the cause, as a message naming the template: its image is not on this host (404 "No such
+/// image"), or the engine cannot use the container the template describes (400, such as "invalid
+/// reference format"). `None` for every other failure, which is the engine's.
+pub fn template_refusal(template: &str, image: &str, status: u16, message: &str) -> Option<String> {
+    match status {
+        404 if message.contains("image") => Some(format!(
+            "the template {template} cannot start: the image {image} is not on this host; build it with \
+             `cargo run -p deskpod-images -- build` or `docker pull` it, or ask a platform admin to correct the template"
+        )),
+        400 if message.contains("reference format") => Some(format!(
+            "the template {template} cannot start: Docker cannot use its image {image:?} ({message}); \
+             a platform admin must correct the template"
+        )),
+        400 => Some(format!(
+            "Docker refused the desktop container of template {template} ({message}); a platform admin must \
+             correct the template"
+        )),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use deskpod_controller::api::ReclaimPolicy;
@@ -240,6 +262,21 @@ mod tests {
             idle_timeout: None,
             scheduling: Default::default(),
         }
+    }
+
+    #[test]
+    fn refusals_caused_by_the_template_name_it_and_the_engines_own_failures_do_not() {
+        let missing = template_refusal("python", "deskpod/nope:1", 404, "No such image: deskpod/nope:1").unwrap();
+        assert!(missing.contains("template python cannot start: the image deskpod/nope:1 is not on this host"));
+        let invalid = template_refusal("python", "Bad;", 400, "invalid reference format").unwrap();
+        assert!(
+            invalid.contains("template python cannot start: Docker cannot use its image \"Bad;\" (invalid reference")
+        );
+        let other = template_refusal("python", "x", 400, "Minimum memory limit allowed is 6MB").unwrap();
+        assert!(other.contains("template python (Minimum memory limit"), "{other}");
+        // A missing network (404 without "image") and engine failures are not the template's.
+        assert_eq!(template_refusal("python", "x", 404, "network deskpod-1.a not found"), None);
+        assert_eq!(template_refusal("python", "x", 500, "no space left on device"), None);
     }
 
     #[test]

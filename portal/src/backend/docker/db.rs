@@ -400,57 +400,12 @@ pub fn validate_team(name: &str, spec: &TeamSpec) -> std::result::Result<(), Str
     Ok(())
 }
 
-/// What the API server refuses in a WorkspaceTemplate on Kubernetes, checked before the
-/// single-host backend saves one; see [`validate_team`].
+/// What the API server refuses in a WorkspaceTemplate on Kubernetes, and what a workspace made
+/// from it needs ([`crate::template_rules`]), checked before the single-host backend saves one;
+/// see [`validate_team`].
 pub fn validate_template(name: &str, spec: &WorkspaceTemplateSpec) -> std::result::Result<(), String> {
     validate_name("template", name)?;
-    text("the display name", &spec.display_name, 1, 100)?;
-    if let Some(description) = &spec.description {
-        text("the description", description, 0, 1000)?;
-    }
-    text("the image", &spec.image, 1, 512)?;
-    if !(1..=65535).contains(&spec.port) {
-        return Err(format!("the port is {}; it must be from 1 to 65535", spec.port));
-    }
-    if let Some(path) = &spec.home_path
-        && (!path.starts_with('/') || path.contains("..") || path.chars().count() > 1024)
-    {
-        return Err(format!("the home path {path:?} must be an absolute path without '..'"));
-    }
-    let r = &spec.resources;
-    for (what, value) in [
-        ("the CPU request", &r.cpu_request),
-        ("the CPU limit", &r.cpu_limit),
-        ("the memory request", &r.memory_request),
-        ("the memory limit", &r.memory_limit),
-        ("the home size", &spec.home_size),
-        ("the shared memory size", &spec.shm_size),
-    ] {
-        quantity(what, value.as_ref())?;
-    }
-    if !(0..=16).contains(&spec.gpus) {
-        return Err(format!("a workspace gets 0 to 16 GPUs, not {}", spec.gpus));
-    }
-    let mut seen = std::collections::HashSet::new();
-    for var in &spec.env {
-        let mut chars = var.name.chars();
-        let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-            && var.name.len() <= 128;
-        if !valid {
-            return Err(format!("{:?} is not a valid environment variable name", var.name));
-        }
-        if !seen.insert(var.name.as_str()) {
-            return Err(format!("the environment variable {} is set twice", var.name));
-        }
-    }
-    if let Some(timeout) = &spec.idle_timeout {
-        if timeout.len() > 32 {
-            return Err(format!("the idle timeout {timeout:?} is too long; write one such as 30m or 8h"));
-        }
-        deskpod_controller::duration::parse(timeout).map_err(|e| format!("the idle timeout: {e}"))?;
-    }
-    Ok(())
+    crate::template_rules::check(spec).map_err(|refusal| refusal.message)
 }
 
 /// The controller's rule for Deskpod object names, worded for `what`.

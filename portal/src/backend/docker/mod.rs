@@ -575,18 +575,21 @@ impl Inner {
         match self.docker.create_container(Some(options), body).await {
             Ok(_) => {}
             Err(e) if is_status(&e, 409) => {}
-            Err(e) if is_status(&e, 404) && e.to_string().contains("image") => {
-                return Err(BackendError::Unavailable(format!(
-                    "the image {} is not on this host; build it with `cargo run -p deskpod-images -- build`",
-                    desired.image
-                )));
-            }
-            Err(e) if is_status(&e, 404) => {
-                // The team network went away behind the portal's back: make it again next time.
-                self.networks.lock().await.remove(&row.team);
+            Err(e) => {
+                // The template's image is missing or unusable: the admin's to fix, not the engine's.
+                if let DockerError::DockerResponseServerError { status_code, message } = &e
+                    && let Some(refusal) =
+                        container::template_refusal(&row.template, &desired.image, *status_code, message)
+                {
+                    tracing::warn!(template = %row.template, image = %desired.image, %message, "Docker refused a desktop");
+                    return Err(BackendError::Invalid(refusal));
+                }
+                if is_status(&e, 404) {
+                    // The team network went away behind the portal's back: make it again next time.
+                    self.networks.lock().await.remove(&row.team);
+                }
                 return Err(docker_failed("creating the desktop container", e));
             }
-            Err(e) => return Err(docker_failed("creating the desktop container", e)),
         }
         match self.docker.start_container(&name, None).await {
             Ok(()) => {}

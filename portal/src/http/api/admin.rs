@@ -6,7 +6,10 @@
 //!   `members`, `allowLeadAccess`, ...), created or replaced. A spec the backend refuses (on
 //!   Kubernetes, the API server's schema and CEL rules) is a 400 with its message; nothing changes.
 //! - `GET /admin/templates`, `GET /admin/templates/{template}`, `PUT` the same: WorkspaceTemplate
-//!   specs, likewise; `DELETE /admin/templates/{template}` (204) is a 409 while workspaces use it.
+//!   specs, likewise, and first checked by [`crate::template_rules`] (image reference, bounded
+//!   quantities, requests at most limits): a 400 whose `field` names what is wrong
+//!   (`resources.memoryLimit`). `DELETE /admin/templates/{template}` (204) is a 409 while
+//!   workspaces use it.
 //!
 //! Changes are audited (`team.put`, `template.put`, `template.delete`) by the operations shared
 //! with the pages.
