@@ -1,7 +1,15 @@
 //! Passwords: argon2id hashes (the crate's defaults: 19 MiB, 2 passes, 1 lane), hashed and
 //! checked on the blocking pool because each takes tens of milliseconds.
+//!
+//! Sign-in checks go through a [`VerifyGate`]: at most half as many at once as the machine has
+//! cores (at least one) and a short queue, so anonymous sign-in attempts can neither take every
+//! core nor 19 MiB each without bound; an attempt that finds the queue full, or waits too long
+//! for its turn, is turned away (429).
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
 
 use argon2::password_hash::SaltString;
 use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
@@ -56,15 +64,83 @@ pub async fn hash(password: String) -> Result<String> {
 /// [`verify_blocking`] on the blocking pool; with no hash (no account, or one without a
 /// password) it checks a dummy hash and answers `false`, taking the same time.
 pub async fn verify(password: String, hash: Option<String>) -> Result<bool> {
-    tokio::task::spawn_blocking(move || match hash {
-        Some(hash) => verify_blocking(&password, &hash),
+    tokio::task::spawn_blocking(move || verify_now(&password, hash.as_deref())).await.map_err(Error::from)
+}
+
+fn verify_now(password: &str, hash: Option<&str>) -> bool {
+    match hash {
+        Some(hash) => verify_blocking(password, hash),
         None => {
-            verify_blocking(&password, &NO_ACCOUNT_HASH);
+            verify_blocking(password, &NO_ACCOUNT_HASH);
             false
         }
-    })
-    .await
-    .map_err(Error::from)
+    }
+}
+
+/// A cap on the password checks that run at once, with a short, bounded queue in front.
+///
+/// At most `size` checks run; at most `queue` more wait for their turn, each for at most `wait`.
+/// An attempt that finds the queue full is turned away at once, so a flood of sign-ins costs
+/// neither unbounded memory (19 MiB per running check, a few bytes per waiting one) nor time.
+pub struct VerifyGate {
+    running: Arc<Semaphore>,
+    admitted: Arc<Semaphore>,
+    size: usize,
+    wait: Duration,
+}
+
+impl VerifyGate {
+    /// How long a check waits for its turn by default.
+    pub const DEFAULT_WAIT: Duration = Duration::from_secs(1);
+    /// How many checks may wait per running one by default.
+    pub const DEFAULT_QUEUE_PER_SLOT: usize = 4;
+    /// What a turned-away attempt is told to wait before trying again.
+    pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+    /// At most `size` checks at once and `queue` waiting; one that cannot start within `wait`
+    /// is not done.
+    pub fn new(size: usize, queue: usize, wait: Duration) -> Self {
+        let size = size.max(1);
+        Self { running: Arc::new(Semaphore::new(size)), admitted: Arc::new(Semaphore::new(size + queue)), size, wait }
+    }
+
+    /// Half as many checks at once as this machine has cores (at least one), leaving the rest
+    /// to answer everything else while sign-ins are flooded; four waiting per running check.
+    pub fn sized_to_this_machine() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let size = cores.div_ceil(2);
+        Self::new(size, size * Self::DEFAULT_QUEUE_PER_SLOT, Self::DEFAULT_WAIT)
+    }
+
+    /// How many checks run at once at most.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// [`verify`] once a turn is free: `None` when the queue was full or no turn came within the
+    /// wait (nothing was checked). The turn is held by the check itself, so it stays taken until
+    /// the hash is computed even if the request that asked is dropped meanwhile.
+    pub async fn verify(&self, password: String, hash: Option<String>) -> Result<Option<bool>> {
+        let Ok(admitted) = self.admitted.clone().try_acquire_owned() else {
+            return Ok(None);
+        };
+        let Ok(Ok(permit)) = tokio::time::timeout(self.wait, self.running.clone().acquire_owned()).await else {
+            return Ok(None);
+        };
+        tokio::task::spawn_blocking(move || {
+            let matches = verify_now(&password, hash.as_deref());
+            drop((permit, admitted));
+            Some(matches)
+        })
+        .await
+        .map_err(Error::from)
+    }
+}
+
+impl Default for VerifyGate {
+    fn default() -> Self {
+        Self::sized_to_this_machine()
+    }
 }
 
 /// A password for a generated account: 24 characters of URL-safe base64 (144 random bits).
@@ -108,6 +184,32 @@ mod tests {
         assert!(!verify("correct horse battery".into(), None).await.unwrap());
         assert!(!verify("anything".into(), Some("not a hash".into())).await.unwrap());
         assert_ne!(hashed, hash("correct horse battery".into()).await.unwrap(), "salts differ");
+    }
+
+    #[tokio::test]
+    async fn the_gate_turns_away_checks_that_cannot_start_in_time() {
+        let hashed = hash("correct horse battery".into()).await.unwrap();
+        let gate = VerifyGate::new(1, 1, Duration::from_millis(1));
+        // Hold the only turn, as a long check would.
+        let held = gate.running.clone().acquire_owned().await.unwrap();
+        assert_eq!(gate.verify("correct horse battery".into(), Some(hashed.clone())).await.unwrap(), None);
+        drop(held);
+        assert_eq!(gate.verify("correct horse battery".into(), Some(hashed.clone())).await.unwrap(), Some(true));
+        assert_eq!(gate.verify("wrong".into(), Some(hashed)).await.unwrap(), Some(false));
+        assert_eq!(gate.running.available_permits(), 1, "every turn is given back");
+        assert_eq!(gate.admitted.available_permits(), 2, "every place in the queue is given back");
+        assert!(VerifyGate::sized_to_this_machine().size() >= 1);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_turns_checks_away_at_once() {
+        let gate = VerifyGate::new(1, 1, Duration::from_secs(3600));
+        // One check running and one waiting: the whole gate.
+        let _running = gate.running.clone().acquire_owned().await.unwrap();
+        let _waiting = gate.admitted.clone().acquire_many_owned(2).await.unwrap();
+        let started = std::time::Instant::now();
+        assert_eq!(gate.verify("anything".into(), None).await.unwrap(), None);
+        assert!(started.elapsed() < Duration::from_secs(1), "not queued: {:?}", started.elapsed());
     }
 
     #[test]

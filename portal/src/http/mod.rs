@@ -19,6 +19,8 @@ mod signin;
 pub(crate) mod workspaces;
 
 use askama::Template;
+use axum::extract::State;
+use axum::http::header::STRICT_TRANSPORT_SECURITY;
 use axum::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, REFERRER_POLICY, SET_COOKIE};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{AppendHeaders, Html, IntoResponse, Redirect, Response};
@@ -47,6 +49,7 @@ pub fn app(state: AppState) -> Router {
         .merge(admin_teams::router())
         .merge(admin_templates::router())
         .layer(middleware::map_response(security_headers))
+        .layer(middleware::map_response_with_state(state.config.public_url.is_https(), strict_transport_security))
         .layer(middleware::from_fn_with_state(state.metrics.clone(), crate::metrics::track_requests))
         .with_state(state)
 }
@@ -83,6 +86,15 @@ async fn security_headers(mut response: Response) -> Response {
         if !headers.contains_key(&name) {
             headers.insert(name, HeaderValue::from_static(value));
         }
+    }
+    response
+}
+
+/// `Strict-Transport-Security` (a year) when the public URL is https: browsers then never
+/// reach the portal over plain http again. Absent with an http public URL.
+async fn strict_transport_security(State(https): State<bool>, mut response: Response) -> Response {
+    if https {
+        response.headers_mut().insert(STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=31536000"));
     }
     response
 }
