@@ -130,8 +130,11 @@ pub struct VerifyGate {
 /// `deadline` has passed.
 struct Job {
     deadline: std::time::Instant,
-    work: Box<dyn FnOnce(&mut Vec<Block>) + Send>,
+    work: Box<dyn FnOnce(&mut ArgonMemory) + Send>,
 }
+
+/// The memory one argon2 computation works in.
+type ArgonMemory = Vec<Block>;
 
 impl VerifyGate {
     /// How long a check waits for its turn by default.
