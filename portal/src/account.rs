@@ -1,11 +1,12 @@
 //! Accounts: e-mail addresses and names, the first admin, and signing in with a password.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use jiff::Timestamp;
 
 use crate::audit::{self, AuditAction, SYSTEM_ACTOR};
-use crate::auth::password;
+use crate::auth::{Exhausted, VerifyGate, password};
 use crate::authz::account_is_active;
 use crate::error::{Error, Result};
 use crate::metrics::SignIn;
@@ -23,6 +24,10 @@ pub const WRONG_CREDENTIALS: &str = "E-mail or password is wrong.";
 /// What a rate-limited sign-in says.
 pub const TOO_MANY_FAILURES: &str =
     "Too many failed sign-ins to this account from your address. Wait a minute and try again.";
+/// What a sign-in refused by the per-(account, address) budget says, before the wait.
+pub const TOO_MANY_FAILURES_TO_ACCOUNT: &str = "Too many failed sign-ins to this account from your address.";
+/// What a sign-in refused by the per-address budget says, before the wait.
+pub const TOO_MANY_FAILURES_FROM_ADDRESS: &str = "Too many failed sign-ins from your address.";
 
 /// An e-mail address as a user id: trimmed, lower-cased, one `@` with something on both sides,
 /// a domain of dot-separated labels, no spaces or control characters.
@@ -128,33 +133,109 @@ pub async fn ensure_admin(store: &dyn Store, email: &str, password: Option<Strin
     Ok(AdminBootstrap::Created { email, generated_password: generated.then_some(password) })
 }
 
-/// Checks an e-mail address and password, within the rate limit, and audits the attempt.
+/// What a sign-in refused because the portal is checking too many passwords at once says.
+pub const TOO_BUSY: &str = "The portal is checking too many sign-ins at once. Try again in a moment.";
+
+/// Why [`sign_in`] did not sign anyone in: the error, and for a refusal (429) how long to wait
+/// before trying again (the `Retry-After` header).
+#[derive(Debug)]
+pub struct SignInError {
+    pub error: Error,
+    pub retry_after: Option<Duration>,
+}
+
+impl SignInError {
+    fn refused(message: String, retry_after: Duration) -> Self {
+        Self { error: Error::TooManyRequests(message), retry_after: Some(retry_after) }
+    }
+}
+
+impl From<Error> for SignInError {
+    fn from(error: Error) -> Self {
+        Self { error, retry_after: None }
+    }
+}
+
+/// Refuses, before anything is looked up, hashed or audited, an e-mail address longer than
+/// [`MAX_EMAIL_LEN`] bytes or a password longer than [`password::MAX_BYTES`].
+pub fn check_sign_in_sizes(email: &str, password: &str) -> Result<()> {
+    if email.trim().len() > MAX_EMAIL_LEN {
+        return Err(Error::invalid("email", format!("an e-mail address has at most {MAX_EMAIL_LEN} characters")));
+    }
+    if password.len() > password::MAX_BYTES {
+        return Err(Error::invalid("password", format!("a password has at most {} bytes", password::MAX_BYTES)));
+    }
+    Ok(())
+}
+
+/// "Try again in 40 seconds." / "in 9 minutes."
+fn try_again_in(wait: Duration) -> String {
+    let seconds = wait.as_secs().max(1);
+    match seconds {
+        1 => "Try again in a second.".to_owned(),
+        2..=90 => format!("Try again in {seconds} seconds."),
+        _ => format!("Try again in {} minutes.", seconds.div_ceil(60)),
+    }
+}
+
+/// Checks an e-mail address and password, within the rate limits, and audits the attempt.
 /// Every failure says [`WRONG_CREDENTIALS`] (or [`TOO_MANY_FAILURES`]), whether the account is
 /// unknown, disabled, expired or the password wrong.
-pub async fn sign_in(state: &AppState, email: &str, password: String, remote: Option<IpAddr>) -> Result<User> {
+///
+/// In order: sizes ([`check_sign_in_sizes`], a 400 with nothing recorded); the limiter's budgets
+/// per (account, address) and per address ([`crate::auth::SignInLimiter`], a 429 with the wait);
+/// the cap on password checks at once ([`crate::auth::VerifyGate`], a 429 when full, not
+/// audited since no password was looked at); then the password.
+pub async fn sign_in(
+    state: &AppState,
+    email: &str,
+    password: String,
+    remote: Option<IpAddr>,
+) -> Result<User, SignInError> {
+    check_sign_in_sizes(email, &password)?;
     let account = email.trim().to_lowercase();
     let limiter = &state.sign_in_limiter;
     let store = state.store.as_ref();
-    if limiter.is_limited(&account, remote) {
+    if let Err(refused) = limiter.begin(&account, remote) {
         audit::record(store, &account, AuditAction::SignIn, &account, Outcome::Denied, remote).await;
         state.metrics.sign_in("password", SignIn::RateLimited);
-        return Err(Error::TooManyRequests(TOO_MANY_FAILURES.into()));
+        let message = match refused.budget {
+            Exhausted::Account => format!("{TOO_MANY_FAILURES_TO_ACCOUNT} {}", try_again_in(refused.retry_after)),
+            Exhausted::Address => format!("{TOO_MANY_FAILURES_FROM_ADDRESS} {}", try_again_in(refused.retry_after)),
+        };
+        return Err(SignInError::refused(message, refused.retry_after));
     }
-    let user = state.store.user(&account).await?;
-    let hash = user.as_ref().and_then(|user| user.password_hash.clone());
-    let password_ok = password::verify(password, hash).await?;
+    let checked = match state.store.user(&account).await {
+        Ok(user) => {
+            let hash = user.as_ref().and_then(|user| user.password_hash.clone());
+            state.password_gate.verify(password, hash).await.map(|matches| matches.map(|ok| (user, ok)))
+        }
+        Err(error) => Err(error),
+    };
+    let (user, password_ok) = match checked {
+        Ok(Some(checked)) => checked,
+        Ok(None) => {
+            limiter.abandoned(&account, remote);
+            state.metrics.sign_in("password", SignIn::RateLimited);
+            return Err(SignInError::refused(TOO_BUSY.into(), VerifyGate::RETRY_AFTER));
+        }
+        Err(error) => {
+            limiter.abandoned(&account, remote);
+            return Err(error.into());
+        }
+    };
     match user {
         Some(user) if password_ok && account_is_active(&user, Timestamp::now()) => {
-            limiter.clear(&account, remote);
+            limiter.succeeded(&account, remote);
             audit::record(store, &account, AuditAction::SignIn, &account, Outcome::Success, remote).await;
             state.metrics.sign_in("password", SignIn::Success);
             Ok(user)
         }
         _ => {
-            limiter.record_failure(&account, remote);
+            // Counted as a failure since `begin`.
             audit::record(store, &account, AuditAction::SignIn, &account, Outcome::Failure, remote).await;
             state.metrics.sign_in("password", SignIn::Failure);
-            Err(Error::Unauthenticated(WRONG_CREDENTIALS.into()))
+            Err(Error::Unauthenticated(WRONG_CREDENTIALS.into()).into())
         }
     }
 }

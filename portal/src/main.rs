@@ -10,10 +10,12 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use deskpod_portal::account::{self, AdminBootstrap};
+use deskpod_portal::audit::{self, AuditRetention};
 use deskpod_portal::auth::oidc::{self, OidcArgs, OidcClient};
 use deskpod_portal::backend::docker::DockerBackend;
 use deskpod_portal::backend::invite::BackendInviteHook;
 use deskpod_portal::backend::kubernetes::{KubernetesBackend, KubernetesOptions};
+use deskpod_portal::config::{IpNet, TrustedProxies};
 use deskpod_portal::http::desktop::NovncDir;
 use deskpod_portal::http::desktop::verify::{ForwardAuthSettings, ForwardedHeaders, RouteMode};
 use deskpod_portal::serve::Limits;
@@ -86,6 +88,23 @@ struct Cli {
     #[arg(long, env = "DESKPOD_NOVNC_DIR", default_value = "/usr/share/novnc")]
     novnc_dir: PathBuf,
 
+    /// Reverse proxies (ingress controllers, load balancers) whose `X-Forwarded-For` header names
+    /// the client: networks such as 10.0.0.0/8 or single addresses; repeat the flag or separate
+    /// them with commas. The sign-in limits and the audit log then see the client's address (the
+    /// rightmost forwarded address that is not a trusted proxy). Unset: no header is believed and
+    /// the client is the TCP peer.
+    #[arg(long = "trusted-proxy", env = "DESKPOD_TRUSTED_PROXIES", value_name = "CIDR", value_delimiter = ',')]
+    trusted_proxies: Vec<IpNet>,
+
+    /// How many days the audit log keeps an entry; 0 keeps entries whatever their age. Applied at
+    /// start and every five minutes.
+    #[arg(long, env = "DESKPOD_AUDIT_RETENTION_DAYS", value_name = "DAYS", default_value_t = AuditRetention::DEFAULT_DAYS)]
+    audit_retention_days: u64,
+
+    /// How many entries the audit log keeps at most, the newest; 0 keeps any number.
+    #[arg(long, env = "DESKPOD_AUDIT_RETENTION_ENTRIES", value_name = "COUNT", default_value_t = AuditRetention::DEFAULT_ENTRIES)]
+    audit_retention_entries: u64,
+
     #[command(flatten)]
     forward_auth: ForwardAuthArgs,
 
@@ -137,6 +156,14 @@ fn parse_lifetime(raw: &str) -> Result<Duration, String> {
     Ok(lifetime)
 }
 
+/// The audit retention from `--audit-retention-days` and `--audit-retention-entries` (0: no limit).
+fn audit_retention(days: u64, entries: u64) -> AuditRetention {
+    AuditRetention {
+        max_age: (days > 0).then(|| Duration::from_secs(days.saturating_mul(24 * 3600))),
+        max_entries: (entries > 0).then_some(entries),
+    }
+}
+
 /// Reads a secret from the environment; unset or empty is `None`.
 fn secret_from_env(name: &str) -> anyhow::Result<Option<String>> {
     match std::env::var(name) {
@@ -159,7 +186,11 @@ async fn main() -> anyhow::Result<()> {
     if !public_url.secure_cookies() {
         tracing::warn!(public_url = %public_url.as_str(), "cookies are not Secure: fine for local development only");
     }
-    let config = Config { public_url, session_lifetime: cli.session_lifetime };
+    let config = Config {
+        public_url,
+        session_lifetime: cli.session_lifetime,
+        trusted_proxies: TrustedProxies::new(cli.trusted_proxies.clone()),
+    };
     let forward_auth = ForwardAuthSettings::new(
         cli.forward_auth.desktop_route_mode,
         &cli.forward_auth.desktop_base_domain,
@@ -241,6 +272,10 @@ async fn main() -> anyhow::Result<()> {
         });
     }
 
+    let retention = audit_retention(cli.audit_retention_days, cli.audit_retention_entries);
+    tracing::info!(?retention, "audit retention");
+    tokio::spawn(audit::keep_pruning(state.store.clone(), retention, audit::PRUNE_EVERY));
+
     let listener =
         tokio::net::TcpListener::bind(cli.listen).await.with_context(|| format!("binding {}", cli.listen))?;
     tracing::info!(address = %cli.listen, "portal listening");
@@ -273,6 +308,33 @@ mod tests {
         assert!(parse_lifetime("30s").unwrap_err().contains("between 1m and 720h"));
         assert!(parse_lifetime("-1h").is_err());
         assert!(parse_lifetime("soon").unwrap_err().contains("not a duration"));
+    }
+
+    #[test]
+    fn trusted_proxies_and_audit_retention_from_flags() {
+        let cli = Cli::try_parse_from([
+            "deskpod-portal",
+            "--trusted-proxy",
+            "10.0.0.0/8,fd00::/8",
+            "--trusted-proxy=192.0.2.1",
+            "--audit-retention-days=30",
+            "--audit-retention-entries=0",
+        ])
+        .unwrap();
+        let shown: Vec<String> = cli.trusted_proxies.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["10.0.0.0/8", "fd00::/8", "192.0.2.1/32"]);
+        let retention = audit_retention(cli.audit_retention_days, cli.audit_retention_entries);
+        assert_eq!(retention, AuditRetention { max_age: Some(Duration::from_secs(30 * 86_400)), max_entries: None });
+
+        let defaults = Cli::try_parse_from(["deskpod-portal"]).unwrap();
+        assert!(defaults.trusted_proxies.is_empty(), "no proxy is trusted by default");
+        assert_eq!(
+            audit_retention(defaults.audit_retention_days, defaults.audit_retention_entries),
+            AuditRetention::default()
+        );
+
+        let bad = Cli::try_parse_from(["deskpod-portal", "--trusted-proxy", "10.0.0.0/33"]).err().unwrap();
+        assert!(bad.to_string().contains("10.0.0.0/33"), "{bad}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::auth::{Keys, SignInLimiter};
+use crate::auth::{Keys, SignInLimiter, VerifyGate};
 use crate::authz::Membership;
 use crate::backend::{Backend, Unconfigured};
 use crate::config::Config;
@@ -24,8 +24,10 @@ pub struct AppState {
     pub memberships: Arc<dyn MembershipSource>,
     /// What happens after an invite is accepted, and where the invitee lands.
     pub invite_hook: Arc<dyn InviteHook>,
-    /// Failed sign-ins per account and address.
+    /// Failed sign-ins per account and address, and per address.
     pub sign_in_limiter: Arc<SignInLimiter>,
+    /// The cap on password checks running at once (sign-in).
+    pub password_gate: Arc<VerifyGate>,
     /// Sign-in through an OpenID Connect provider, when configured.
     pub oidc: Option<Arc<crate::auth::OidcClient>>,
     /// Where workspaces run (Kubernetes or single-host Docker).
@@ -35,7 +37,8 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// State with the default invite hook (land on `/`) and sign-in limit (5 failures a minute).
+    /// State with the default invite hook (land on `/`), sign-in limits (5 failures a minute per
+    /// account and address, 20 in ten minutes per address) and password checks (one per core).
     pub fn new(config: Config, store: Arc<dyn Store>, keys: Keys, memberships: Arc<dyn MembershipSource>) -> Self {
         Self {
             config: Arc::new(config),
@@ -44,6 +47,7 @@ impl AppState {
             memberships,
             invite_hook: Arc::new(RedirectHome),
             sign_in_limiter: Arc::new(SignInLimiter::default()),
+            password_gate: Arc::new(VerifyGate::sized_to_this_machine()),
             oidc: None,
             backend: Arc::new(Unconfigured),
             metrics: Metrics::default(),

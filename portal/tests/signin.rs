@@ -1,11 +1,21 @@
-//! Signing in and out through the router: cookies, messages, the rate limit, CSRF, redirects.
+//! Signing in and out through the router: cookies, messages, the rate limits (per account and
+//! address, per address, password checks at once), input sizes, trusted proxies, CSRF, redirects,
+//! HSTS.
 
 mod common;
 
-use axum::http::{Method, StatusCode};
-use common::{Browser, PASSWORD, Portal};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{Method, Request, StatusCode, header};
+use common::{Browser, PASSWORD, Portal, Reply};
 use cookie::{Cookie, SameSite};
-use deskpod_portal::store::GlobalRole;
+use deskpod_portal::auth::VerifyGate;
+use deskpod_portal::config::{IpNet, TrustedProxies};
+use deskpod_portal::store::{GlobalRole, Outcome};
 use rstest::rstest;
 
 fn session_cookie(set_cookies: &[String]) -> Cookie<'static> {
@@ -212,4 +222,211 @@ async fn what_people_type_is_escaped() {
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
     assert!(!reply.body.contains("<script>alert(1)"), "{}", reply.body);
     assert!(reply.body.contains("&#60;script&#62;") || reply.body.contains("&lt;script&gt;"), "{}", reply.body);
+}
+
+/// A sign-in from `peer` with these `X-Forwarded-For` headers, as a browser behind (or pretending
+/// to be) a proxy would send it: the sign-in page first, then the form with its cookie.
+async fn sign_in_from(portal: &Portal, peer: &str, forwarded_for: &[&str], email: &str, password: &str) -> Reply {
+    let peer: SocketAddr = peer.parse().unwrap();
+    let request = |method: Method, cookie: Option<&str>, body: Option<String>| {
+        let mut builder = Request::builder().method(method).uri("/signin").header(header::ACCEPT, "text/html");
+        for value in forwarded_for {
+            builder = builder.header("x-forwarded-for", *value);
+        }
+        if let Some(cookie) = cookie {
+            builder = builder.header(header::COOKIE, cookie);
+        }
+        let mut request = match body {
+            Some(body) => builder
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from(body))
+                .unwrap(),
+            None => builder.body(Body::empty()).unwrap(),
+        };
+        request.extensions_mut().insert(ConnectInfo(peer));
+        request
+    };
+    let page = portal.send(request(Method::GET, None, None)).await;
+    let cookie = page.set_cookies().into_iter().find(|c| c.starts_with("deskpod_csrf=")).expect("a pre-session cookie");
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let form =
+        serde_urlencoded::to_string([("csrf", page.csrf_field().as_str()), ("email", email), ("password", password)])
+            .unwrap();
+    portal.send(request(Method::POST, Some(&cookie), Some(form))).await
+}
+
+fn retry_after(reply: &Reply) -> u64 {
+    let value = reply.headers.get(header::RETRY_AFTER).unwrap_or_else(|| panic!("no Retry-After: {reply:?}"));
+    value.to_str().unwrap().parse().unwrap()
+}
+
+fn with_trusted_proxies(portal: &mut Portal, networks: &[&str]) {
+    let mut config = (*portal.state.config).clone();
+    config.trusted_proxies = TrustedProxies::new(networks.iter().map(|net| IpNet::parse(net).unwrap()).collect());
+    portal.state.config = Arc::new(config);
+}
+
+async fn audited_addresses(portal: &Portal) -> Vec<Option<String>> {
+    portal.store().audit_log(100).await.unwrap().into_iter().map(|record| record.entry.remote_addr).collect()
+}
+
+#[tokio::test]
+async fn one_address_cannot_spray_passwords_over_many_accounts() {
+    let portal = Portal::new().await;
+    portal.add_user("alice@example.com", GlobalRole::User).await;
+    let mut sprayer = Browser::from_addr("192.0.2.10:40000");
+    for i in 1..=20 {
+        let reply = sprayer.sign_in(&portal, &format!("user{i}@example.com"), "Winter2026!").await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "attempt {i}: {}", reply.body);
+    }
+    // Every account is refused from that address now, even with the right password, and is told when.
+    let reply = sprayer.sign_in(&portal, "alice@example.com", PASSWORD).await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{}", reply.body);
+    assert!(reply.body.contains("Too many failed sign-ins from your address."), "{}", reply.body);
+    let wait = retry_after(&reply);
+    assert!((590..=600).contains(&wait), "the first failure leaves the ten-minute window: {wait}");
+    assert!(reply.body.contains("Try again in 10 minutes."), "{}", reply.body);
+    assert!(!sprayer.cookies.contains_key("deskpod_session"));
+    // The refusal is audited as denied.
+    let newest = &portal.store().audit_log(1).await.unwrap()[0].entry;
+    assert_eq!((newest.actor.as_str(), newest.outcome), ("alice@example.com", Outcome::Denied));
+
+    let reply = Browser::from_addr("198.51.100.20:40000").sign_in(&portal, "alice@example.com", PASSWORD).await;
+    assert_eq!(reply.status, StatusCode::SEE_OTHER, "other addresses are not affected");
+}
+
+#[tokio::test]
+async fn the_per_account_limit_says_when_to_try_again() {
+    let portal = Portal::new().await;
+    portal.add_user("alice@example.com", GlobalRole::User).await;
+    let mut attacker = Browser::from_addr("192.0.2.11:40000");
+    for _ in 0..5 {
+        attacker.sign_in(&portal, "alice@example.com", "guess guess guess").await;
+    }
+    let reply = attacker.sign_in(&portal, "alice@example.com", "guess guess guess").await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!((55..=60).contains(&retry_after(&reply)), "{:?}", reply.headers);
+    assert!(reply.body.contains("Too many failed sign-ins to this account from your address."), "{}", reply.body);
+}
+
+#[tokio::test]
+async fn password_checks_beyond_the_cap_are_answered_at_once_with_429() {
+    let mut portal = Portal::new().await;
+    portal.add_user("alice@example.com", GlobalRole::User).await;
+    // One check at a time and nobody waiting: parallel sign-ins beyond the first are turned away.
+    portal.state.password_gate = Arc::new(VerifyGate::new(1, 0, Duration::from_secs(60)));
+    let attempts = (0..8).map(|i| {
+        let portal = &portal;
+        async move {
+            let started = Instant::now();
+            let reply = sign_in_from(
+                portal,
+                &format!("192.0.2.{}:40000", 100 + i),
+                &[],
+                "alice@example.com",
+                "wrong password!!",
+            )
+            .await;
+            (reply, started.elapsed())
+        }
+    });
+    let replies = futures::future::join_all(attempts).await;
+    let busy: Vec<_> = replies.iter().filter(|(reply, _)| reply.status == StatusCode::TOO_MANY_REQUESTS).collect();
+    assert!(!busy.is_empty(), "{:?}", replies.iter().map(|(r, _)| r.status).collect::<Vec<_>>());
+    assert!(busy.len() < replies.len(), "one check ran");
+    for (reply, _) in &replies {
+        assert!(matches!(reply.status, StatusCode::UNAUTHORIZED | StatusCode::TOO_MANY_REQUESTS), "{reply:?}");
+    }
+    for (reply, _) in busy {
+        assert_eq!(retry_after(reply), 1);
+        assert!(reply.body.contains("too many sign-ins at once"), "{}", reply.body);
+    }
+    // A turned-away attempt does not count against the address, and the turn is given back.
+    let reply = sign_in_from(&portal, "192.0.2.100:40000", &[], "alice@example.com", PASSWORD).await;
+    assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.body);
+}
+
+#[rstest]
+#[case::huge_email(&"a".repeat(60_000), PASSWORD, "e-mail address has at most 254")]
+#[case::long_email(&format!("{}@example.com", "a".repeat(243)), PASSWORD, "e-mail address has at most 254")]
+#[case::huge_password("alice@example.com", &"p".repeat(1025), "password has at most 1024 bytes")]
+#[tokio::test]
+async fn oversized_input_is_refused_before_it_is_hashed_or_audited(
+    #[case] email: &str,
+    #[case] password: &str,
+    #[case] message: &str,
+) {
+    let portal = Portal::new().await;
+    portal.add_user("alice@example.com", GlobalRole::User).await;
+    let before = portal.store().audit_log(100).await.unwrap().len();
+    let started = Instant::now();
+    let reply = Browser::new().sign_in(&portal, email, password).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.body);
+    assert!(reply.body.contains(message), "{}", &reply.body[..reply.body.len().min(2000)]);
+    assert!(reply.body.len() < 20_000, "the e-mail is not shown back: {} bytes", reply.body.len());
+    assert_eq!(portal.store().audit_log(100).await.unwrap().len(), before, "nothing audited");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // An address at the limit is still checked as usual.
+    let reply = Browser::new().sign_in(&portal, &format!("{}@example.com", "a".repeat(242)), PASSWORD).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_spoofed_forwarded_for_from_an_untrusted_peer_is_ignored() {
+    let mut portal = Portal::new().await;
+    with_trusted_proxies(&mut portal, &["10.0.0.0/8"]);
+    portal.add_user("alice@example.com", GlobalRole::User).await;
+    // Each attempt claims another client; all are the peer's, which the limiter locks out.
+    for i in 0..5 {
+        let spoofed = format!("198.51.100.{i}");
+        let reply =
+            sign_in_from(&portal, "203.0.113.9:4000", &[&spoofed], "alice@example.com", "guess guess guess").await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    }
+    let reply = sign_in_from(&portal, "203.0.113.9:4000", &["198.51.100.99"], "alice@example.com", PASSWORD).await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{}", reply.body);
+    let addresses = audited_addresses(&portal).await;
+    assert!(addresses.iter().all(|a| a.as_deref() == Some("203.0.113.9")), "{addresses:?}");
+}
+
+#[tokio::test]
+async fn a_trusted_proxy_names_the_client_for_the_limiter_and_the_audit_log() {
+    let mut portal = Portal::new().await;
+    with_trusted_proxies(&mut portal, &["10.0.0.0/8"]);
+    portal.add_user("alice@example.com", GlobalRole::User).await;
+    // The attacker behind the ingress locks themselves out, not everyone behind it.
+    for _ in 0..5 {
+        let reply = sign_in_from(
+            &portal,
+            "10.0.0.5:4000",
+            &["6.6.6.6, 198.51.100.1"],
+            "alice@example.com",
+            "guess guess guess",
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    }
+    let attacker = sign_in_from(&portal, "10.0.0.5:4000", &["198.51.100.1"], "alice@example.com", PASSWORD).await;
+    assert_eq!(attacker.status, StatusCode::TOO_MANY_REQUESTS);
+    let alice = sign_in_from(&portal, "10.0.0.5:4000", &["198.51.100.2"], "alice@example.com", PASSWORD).await;
+    assert_eq!(alice.status, StatusCode::SEE_OTHER, "{}", alice.body);
+
+    let addresses = audited_addresses(&portal).await;
+    assert_eq!(addresses[0].as_deref(), Some("198.51.100.2"), "{addresses:?}");
+    assert!(addresses[1..].iter().all(|a| a.as_deref() == Some("198.51.100.1")), "{addresses:?}");
+    assert!(!addresses.iter().any(|a| a.as_deref() == Some("10.0.0.5") || a.as_deref() == Some("6.6.6.6")));
+}
+
+#[rstest]
+#[case::https("https://deskpod.example.com", Some("max-age=31536000"))]
+#[case::http("http://127.0.0.1:8080", None)]
+#[case::http_elsewhere("http://deskpod.internal", None)]
+#[tokio::test]
+async fn strict_transport_security_only_with_an_https_public_url(#[case] url: &str, #[case] hsts: Option<&str>) {
+    let portal = Portal::with_url(url).await;
+    for path in ["/signin", "/healthz", "/api/v1/me", "/no-such-page"] {
+        let reply = Browser::new().get(&portal, path).await;
+        let header = reply.headers.get(header::STRICT_TRANSPORT_SECURITY).map(|v| v.to_str().unwrap());
+        assert_eq!(header, hsts, "{path}");
+    }
 }

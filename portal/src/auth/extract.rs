@@ -9,7 +9,8 @@
 //!   session. Page handlers that change state take this instead of [`CurrentUser`].
 //! - [`PublicForm`]: a form posted before sign-in (sign-in, invite), its `csrf` field checked
 //!   against the `deskpod_csrf` pre-session cookie that [`PreSession`] hands out.
-//! - [`RemoteAddr`]: the peer address, for the audit log and the sign-in rate limit.
+//! - [`RemoteAddr`]: the client's address (the peer, or what a trusted proxy forwarded), for the
+//!   audit log and the sign-in rate limit.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -366,16 +367,24 @@ impl<T: DeserializeOwned + Send> FromRequest<AppState> for PublicForm<T> {
     }
 }
 
-/// The address the request came from (the TCP peer; proxies' forwarding headers are not
-/// trusted). `None` when the server was not started with connection info, as in tests.
+/// The address the request came from: the TCP peer, unless that is one of the configured trusted
+/// proxies ([`crate::config::TrustedProxies`]), whose `X-Forwarded-For` then names the client.
+/// `None` when the server was not started with connection info, as in tests.
 #[derive(Clone, Copy, Debug)]
 pub struct RemoteAddr(pub Option<IpAddr>);
 
-impl<S: Send + Sync> FromRequestParts<S> for RemoteAddr {
+/// The header a reverse proxy names the client in.
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+
+impl FromRequestParts<AppState> for RemoteAddr {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Self(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip())))
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
+        Ok(Self(peer.map(|peer| {
+            let forwarded = parts.headers.get_all(X_FORWARDED_FOR).iter().filter_map(|value| value.to_str().ok());
+            state.config.trusted_proxies.client_addr(peer, forwarded)
+        })))
     }
 }
 

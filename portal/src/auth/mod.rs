@@ -27,7 +27,8 @@ pub use extract::{
     Auth, AuthRejection, CurrentUser, PreSession, PublicForm, RemoteAddr, SessionForm, safe_return_path,
 };
 pub use oidc::{OidcArgs, OidcClient};
-pub use ratelimit::SignInLimiter;
+pub use password::VerifyGate;
+pub use ratelimit::{Exhausted, Limit, Refused, SignInLimiter};
 
 use crate::error::{Error, Result};
 use crate::random;

@@ -19,9 +19,10 @@ mod signin;
 pub(crate) mod workspaces;
 
 use askama::Template;
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::header::{
     CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_SECURITY_POLICY, CONTENT_TYPE, REFERRER_POLICY, SET_COOKIE,
+    STRICT_TRANSPORT_SECURITY,
 };
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
@@ -53,6 +54,7 @@ pub fn app(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn(refuse_oversized_bodies))
         .layer(middleware::map_response(security_headers))
+        .layer(middleware::map_response_with_state(state.config.public_url.is_https(), strict_transport_security))
         .layer(middleware::from_fn_with_state(state.metrics.clone(), crate::metrics::track_requests))
         .with_state(state)
 }
@@ -113,6 +115,15 @@ async fn security_headers(mut response: Response) -> Response {
         if !headers.contains_key(&name) {
             headers.insert(name, HeaderValue::from_static(value));
         }
+    }
+    response
+}
+
+/// `Strict-Transport-Security` (a year) when the public URL is https: browsers then never
+/// reach the portal over plain http again. Absent with an http public URL.
+async fn strict_transport_security(State(https): State<bool>, mut response: Response) -> Response {
+    if https {
+        response.headers_mut().insert(STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=31536000"));
     }
     response
 }

@@ -5,14 +5,14 @@ use askama::Template;
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
-use axum::http::header::SET_COOKIE;
+use axum::http::header::{RETRY_AFTER, SET_COOKIE};
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{AppendHeaders, IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 
 use super::{Nav, Page, PageError, redirect_setting};
-use crate::account;
+use crate::account::{self, SignInError};
 use crate::audit::{self, AuditAction};
 use crate::auth::oidc::{self, CallbackQuery};
 use crate::auth::{Auth, AuthRejection, PreSession, PublicForm, RemoteAddr, SessionForm, safe_return_path, session};
@@ -95,17 +95,18 @@ async fn submit(
             let cookie = session::start(&state, &user)?;
             Ok(redirect_setting(safe_return_path(&form.next), [cookie]))
         }
-        Err(error @ (Error::Unauthenticated(_) | Error::TooManyRequests(_))) => {
-            let page = SignInPage::new(
-                &state,
-                &pre_session,
-                form.email.trim().to_owned(),
-                &form.next,
-                Some(error.to_string()),
-            );
-            Ok((error.status(), Page(page)).into_response())
+        Err(SignInError {
+            error: error @ (Error::Unauthenticated(_) | Error::TooManyRequests(_) | Error::InvalidInput { .. }),
+            retry_after,
+        }) => {
+            // An e-mail address too long to be one is not shown back.
+            let email = form.email.trim();
+            let email = if email.len() > account::MAX_EMAIL_LEN { "" } else { email };
+            let page = SignInPage::new(&state, &pre_session, email.to_owned(), &form.next, Some(error.to_string()));
+            let retry_after = retry_after.map(|wait| (RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1))));
+            Ok((error.status(), AppendHeaders(retry_after), Page(page)).into_response())
         }
-        Err(error) => Err(error.into()),
+        Err(SignInError { error, .. }) => Err(error.into()),
     }
 }
 

@@ -279,6 +279,31 @@ pub struct AuditEntry {
     pub remote_addr: Option<String>,
 }
 
+/// How long the audit log keeps its entries: at most `max_age` old and at most the newest
+/// `max_entries`; `None` keeps everything in that respect. Only the oldest entries are ever
+/// removed, and only by [`Store::prune_audit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AuditRetention {
+    pub max_age: Option<std::time::Duration>,
+    pub max_entries: Option<u64>,
+}
+
+impl AuditRetention {
+    /// The default age: 365 days.
+    pub const DEFAULT_DAYS: u64 = 365;
+    /// The default count: a million entries (each at most about 1 KiB).
+    pub const DEFAULT_ENTRIES: u64 = 1_000_000;
+}
+
+impl Default for AuditRetention {
+    fn default() -> Self {
+        Self {
+            max_age: Some(std::time::Duration::from_secs(Self::DEFAULT_DAYS * 24 * 3600)),
+            max_entries: Some(Self::DEFAULT_ENTRIES),
+        }
+    }
+}
+
 /// A stored audit entry with its position in the log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct AuditRecord {
@@ -327,8 +352,12 @@ pub trait Store: Send + Sync + 'static {
     /// The secret stored under `name`, storing `candidate` first if there is none.
     fn secret_or_insert(&self, name: &'static str, candidate: Vec<u8>) -> BoxFuture<'_, Result<Vec<u8>>>;
 
-    /// Appends to the audit log. There is no way to change or remove an entry.
+    /// Appends to the audit log. There is no way to change an entry; only
+    /// [`Store::prune_audit`] removes the oldest.
     fn append_audit(&self, entry: AuditEntry) -> BoxFuture<'_, Result<()>>;
+    /// Removes the oldest audit entries that `retention` no longer keeps at `now`; returns how
+    /// many.
+    fn prune_audit(&self, retention: AuditRetention, now: Timestamp) -> BoxFuture<'_, Result<u64>>;
     /// The newest `limit` audit entries, newest first.
     fn audit_log(&self, limit: u32) -> BoxFuture<'_, Result<Vec<AuditRecord>>>;
 }

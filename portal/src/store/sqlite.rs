@@ -15,8 +15,8 @@ use jiff::Timestamp;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{
-    ApiToken, AuditEntry, AuditRecord, GlobalRole, Invite, InviteAccount, InviteRole, NewApiToken, NewInvite, NewUser,
-    Outcome, SecretHash, Store, User,
+    ApiToken, AuditEntry, AuditRecord, AuditRetention, GlobalRole, Invite, InviteAccount, InviteRole, NewApiToken,
+    NewInvite, NewUser, Outcome, SecretHash, Store, User,
 };
 use crate::error::{Error, Result};
 use crate::token::Scope;
@@ -131,6 +131,18 @@ CREATE TABLE docker_agents (
     finished_at INTEGER,
     UNIQUE (team, name)
 ) STRICT;
+"#,
+    r#"
+-- Audit retention (AuditRetention): the oldest entries may be removed, by the retention pass only.
+-- It writes the newest id it removes to audit_prune for the length of its transaction; any other
+-- delete, and every update, is still refused.
+CREATE TABLE audit_prune (
+    upto INTEGER NOT NULL
+) STRICT;
+DROP TRIGGER audit_log_no_delete;
+CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+WHEN OLD.id > COALESCE((SELECT MAX(upto) FROM audit_prune), 0)
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only; only the retention removes its oldest entries'); END;
 "#,
 ];
 
@@ -550,6 +562,45 @@ impl Store for SqliteStore {
         })
     }
 
+    fn prune_audit(&self, retention: AuditRetention, now: Timestamp) -> BoxFuture<'_, Result<u64>> {
+        self.run("applying the audit retention", move |conn| {
+            let tx = conn.transaction()?;
+            let mut upto: Option<i64> = None;
+            if let Some(max_age) = retention.max_age {
+                let cutoff = seconds(now).saturating_sub(i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX));
+                // Ids grow with time: everything before the first entry young enough goes.
+                let first_kept: Option<i64> = tx
+                    .query_row("SELECT id FROM audit_log WHERE at >= ?1 ORDER BY id LIMIT 1", [cutoff], |row| {
+                        row.get(0)
+                    })
+                    .optional()?;
+                let by_age = match first_kept {
+                    Some(id) => Some(id - 1),
+                    None => tx.query_row("SELECT MAX(id) FROM audit_log", [], |row| row.get(0))?,
+                };
+                upto = upto.max(by_age);
+            }
+            if let Some(max_entries) = retention.max_entries {
+                let by_count: Option<i64> = tx
+                    .query_row(
+                        "SELECT id FROM audit_log ORDER BY id DESC LIMIT 1 OFFSET ?1",
+                        [i64::try_from(max_entries).unwrap_or(i64::MAX)],
+                        |row| row.get(0),
+                    )
+                    .optional()?;
+                upto = upto.max(by_count);
+            }
+            let Some(upto) = upto.filter(|&id| id > 0) else {
+                return Ok(0);
+            };
+            tx.execute("INSERT INTO audit_prune (upto) VALUES (?1)", [upto])?;
+            let removed = tx.execute("DELETE FROM audit_log WHERE id <= ?1", [upto])?;
+            tx.execute("DELETE FROM audit_prune", [])?;
+            tx.commit()?;
+            Ok(removed as u64)
+        })
+    }
+
     fn audit_log(&self, limit: u32) -> BoxFuture<'_, Result<Vec<AuditRecord>>> {
         self.run("reading the audit log", move |conn| {
             let mut statement = conn.prepare(
@@ -788,6 +839,49 @@ mod tests {
         drop(conn);
         let error = SqliteStore::open(&path).await.err().expect("a newer schema must be refused");
         assert!(error.to_string().contains("newer than this portal"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn the_retention_removes_the_oldest_entries_by_age_and_by_count_and_nothing_else() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let day = 24 * 3600;
+        let now = Timestamp::from_second(1_700_000_000 + 100 * day).unwrap();
+        for age_days in [400, 366, 364, 10, 2, 1, 0] {
+            let mut old = entry(&format!("age.{age_days}"));
+            old.at = Timestamp::from_second(now.as_second() - age_days * day).unwrap();
+            store.append_audit(old).await.unwrap();
+        }
+        let actions = |log: Vec<AuditRecord>| log.into_iter().map(|r| r.entry.action).collect::<Vec<_>>();
+        let keep_everything = AuditRetention { max_age: None, max_entries: None };
+        assert_eq!(store.prune_audit(keep_everything, now).await.unwrap(), 0);
+
+        let a_year = AuditRetention { max_age: Some(Duration::from_secs(365 * day as u64)), max_entries: None };
+        assert_eq!(store.prune_audit(a_year, now).await.unwrap(), 2);
+        assert_eq!(actions(store.audit_log(10).await.unwrap()), ["age.0", "age.1", "age.2", "age.10", "age.364"]);
+        assert_eq!(store.prune_audit(a_year, now).await.unwrap(), 0, "nothing more is old enough");
+
+        let three = AuditRetention { max_age: None, max_entries: Some(3) };
+        assert_eq!(store.prune_audit(three, now).await.unwrap(), 2);
+        assert_eq!(actions(store.audit_log(10).await.unwrap()), ["age.0", "age.1", "age.2"]);
+
+        // New entries keep their ids growing; the defaults keep them all.
+        store.append_audit(entry("after")).await.unwrap();
+        assert_eq!(
+            store.prune_audit(AuditRetention::default(), Timestamp::from_second(1_700_000_000).unwrap()).await.unwrap(),
+            0
+        );
+        let log = store.audit_log(10).await.unwrap();
+        assert_eq!(log.len(), 4);
+        assert!(log[0].id > log[1].id);
+
+        // Entries older than every kept one are gone; deleting any other is still refused.
+        let error =
+            store.run("tampering", |conn| conn.execute("DELETE FROM audit_log WHERE action = 'age.1'", [])).await;
+        assert!(error.unwrap_err().to_string().contains("append-only"));
+        let all_old = AuditRetention { max_age: Some(Duration::from_secs(1)), max_entries: None };
+        let far_future = Timestamp::from_second(now.as_second() + 1000 * day).unwrap();
+        assert_eq!(store.prune_audit(all_old, far_future).await.unwrap(), 4);
+        assert!(store.audit_log(10).await.unwrap().is_empty());
     }
 
     #[tokio::test]
