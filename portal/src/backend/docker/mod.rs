@@ -364,6 +364,17 @@ impl Inner {
 
     /// The workspaces' containers, by (team, workspace).
     async fn containers(&self, team: Option<&str>) -> BackendResult<HashMap<(String, String), Observed>> {
+        let listed = self.labelled_containers(team, "listing desktops").await?;
+        Ok(listed.into_iter().filter_map(|summary| observed(&self.names, summary)).collect())
+    }
+
+    /// Every container this portal instance labelled (desktops and CI agents, running or not), of
+    /// one team or all; `step` names the listing in an error.
+    async fn labelled_containers(
+        &self,
+        team: Option<&str>,
+        step: &'static str,
+    ) -> BackendResult<Vec<ContainerSummary>> {
         let mut labels = vec![format!("{}={}", container::INSTANCE_LABEL, self.names.instance())];
         if let Some(team) = team {
             labels.push(format!("{}={team}", container::TEAM_LABEL));
@@ -373,9 +384,7 @@ impl Inner {
             filters: Some(HashMap::from([("label".to_owned(), labels)])),
             ..ListContainersOptions::default()
         };
-        let listed =
-            self.docker.list_containers(Some(options)).await.map_err(|e| docker_failed("listing desktops", e))?;
-        Ok(listed.into_iter().filter_map(|summary| observed(&self.names, summary)).collect())
+        self.docker.list_containers(Some(options)).await.map_err(|e| docker_failed(step, e))
     }
 
     /// Views of `rows`, watching the readiness of desktops nobody watches yet.
@@ -693,17 +702,7 @@ impl Inner {
 
     /// Every container of this portal (desktops and CI agents), of one team or all.
     async fn team_containers(&self, team: Option<&str>) -> BackendResult<Vec<TeamContainer>> {
-        let mut labels = vec![format!("{}={}", container::INSTANCE_LABEL, self.names.instance())];
-        if let Some(team) = team {
-            labels.push(format!("{}={team}", container::TEAM_LABEL));
-        }
-        let options = ListContainersOptions {
-            all: true,
-            filters: Some(HashMap::from([("label".to_owned(), labels)])),
-            ..ListContainersOptions::default()
-        };
-        let listed =
-            self.docker.list_containers(Some(options)).await.map_err(|e| docker_failed("listing containers", e))?;
+        let listed = self.labelled_containers(team, "listing containers").await?;
         Ok(listed
             .into_iter()
             .filter_map(|summary| {
